@@ -1,0 +1,149 @@
+"""Basic layers with logical axis names on every parameter.
+
+Parameter layouts follow Flax conventions: a Linear kernel is f32[in, out] (the transpose of a
+torch weight), a Conv kernel is f32[kh, kw, in, out]. The logical names are mapped to mesh axes by
+the single rules table in `lira_jax.sharding`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Axes = tuple[str | None, ...]
+
+
+def gelu_exact(x: jax.Array) -> jax.Array:
+  """erf GELU (torch nn.GELU default). Flax's gelu defaults to the tanh approximation."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+def normal_init(stddev: float):
+  return jax.nn.initializers.normal(stddev)
+
+
+class Linear(nnx.Module):
+  """y = x @ kernel + bias, kernel f32[in, out] with logical axes `axes`."""
+
+  def __init__(self, in_features: int, out_features: int, *, axes: Axes, use_bias: bool = True,
+               rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
+               kernel_init=jax.nn.initializers.lecun_normal()):
+    self.in_features, self.out_features, self.dtype = in_features, out_features, dtype
+    self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features), param_dtype),
+                            sharding_names=tuple(axes))
+    self.bias = (nnx.Param(jnp.zeros((out_features,), param_dtype), sharding_names=(axes[-1],))
+                 if use_bias else None)
+
+  @classmethod
+  def from_variables(cls, kernel: nnx.Param, bias: nnx.Param | None, dtype) -> 'Linear':
+    """A Linear that owns existing variables (used to unwrap adapters without moving paths)."""
+    linear = object.__new__(cls)
+    nnx.Module.__init__(linear)
+    linear.in_features, linear.out_features = kernel.shape[-2], kernel.shape[-1]
+    linear.dtype, linear.kernel, linear.bias = dtype, kernel, bias
+    return linear
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm with affine scale/bias; statistics in float32."""
+
+  def __init__(self, dim: int, *, eps: float, axis_name: str, param_dtype=jnp.float32):
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), sharding_names=(axis_name,))
+    self.bias = nnx.Param(jnp.zeros((dim,), param_dtype), sharding_names=(axis_name,))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+    return (y * self.scale[...] + self.bias[...]).astype(dtype)
+
+
+class RMSNorm(nnx.Module):
+  """x * rsqrt(mean(x^2) + eps) in float32, cast back, then times the weight (InternLM2/Llama)."""
+
+  def __init__(self, dim: int, *, eps: float, axis_name: str = 'embed', param_dtype=jnp.float32):
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), sharding_names=(axis_name,))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dtype = x.dtype
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), -1, keepdims=True) + self.eps)
+    return self.scale[...].astype(dtype) * y.astype(dtype)
+
+
+class Embed(nnx.Module):
+  """Token embedding table f32[V, D]; `attend` gives tied-output logits."""
+
+  def __init__(self, vocab: int, dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+               param_dtype=jnp.float32):
+    self.dtype = dtype
+    self.embedding = nnx.Param(normal_init(0.02)(rngs.params(), (vocab, dim), param_dtype),
+                               sharding_names=('vocab', 'embed'))
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    return jnp.dot(x.astype(self.dtype), self.embedding[...].T.astype(self.dtype))
+
+
+class Conv(nnx.Module):
+  """2-D convolution on NHWC inputs, kernel f32[kh, kw, in/groups, out]."""
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: Sequence[int], *,
+               strides: Sequence[int] = (1, 1), padding='VALID', groups: int = 1,
+               use_bias: bool = True, axes: Axes = (None, None, 'conv_in', 'conv_out'),
+               rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+    self.strides, self.padding, self.groups, self.dtype = tuple(strides), padding, groups, dtype
+    shape = (*kernel_size, in_features // groups, out_features)
+    self.kernel = nnx.Param(jax.nn.initializers.lecun_normal()(rngs.params(), shape, param_dtype),
+                            sharding_names=tuple(axes))
+    self.bias = (nnx.Param(jnp.zeros((out_features,), param_dtype), sharding_names=(axes[-1],))
+                 if use_bias else None)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.strides, self.padding,
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=self.groups,
+        precision=jax.lax.Precision.HIGHEST)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+def stacked(make_layer, num_layers: int, rngs: nnx.Rngs):
+  """Builds `num_layers` copies of a layer with parameters stacked on a leading 'layers' axis."""
+
+  @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: 'layers'})
+  def make(layer_rngs):
+    return make_layer(layer_rngs)
+
+  return make(rngs.split(num_layers))
+
+
+def scan_layers(layers: nnx.Module, body, carry, xs=None, remat_policy: str | None = None):
+  """Runs `body(layer, carry, x) -> (carry, y)` over stacked layers with lax.scan.
+
+  remat_policy: None (no rematerialisation) or a name in jax.checkpoint_policies.
+  """
+  graphdef, params = nnx.split(layers)
+
+  def step(c, inputs):
+    layer_params, x = inputs
+    return body(nnx.merge(graphdef, layer_params), c, x)
+
+  if remat_policy:
+    step = jax.checkpoint(step, policy=getattr(jax.checkpoint_policies, remat_policy))
+  return jax.lax.scan(step, carry, (params, xs))
