@@ -1,0 +1,178 @@
+"""The command-line contract shared by every converter (`python -m convert.<family>`):
+
+  --src SRC --out DIR            convert (strict; nothing is left at DIR on failure)
+  --check                        header-only accounting + shapes against the config (no data read)
+  --verify DIR                   run the converted model on DIR/inputs.npz vs DIR/outputs.npz
+  --config FILE.py[:arg]         model config when SRC has none (or to override it)
+  --export --src DIR --out DIR   converted params back to an original-format safetensors file
+
+A family module provides a `Family` describing its configs, key table and verification.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import shutil
+import sys
+import tempfile
+from typing import Callable, Mapping
+
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from configs import common as config_lib
+from convert import keymap
+from convert.safetensors_io import CheckpointReader, write_safetensors
+from lira_jax import param_io
+
+
+@dataclasses.dataclass
+class Family:
+  name: str
+  # (src path, reader, --config override or None) -> resolved config
+  resolve_config: Callable[[pathlib.Path, CheckpointReader, ml_collections.ConfigDict | None],
+                           ml_collections.ConfigDict]
+  rules: Callable[[ml_collections.ConfigDict], list[keymap.Rule]]
+  counts: Callable[[ml_collections.ConfigDict], dict[str, int]]
+  target: Callable[[ml_collections.ConfigDict], dict[str, tuple[tuple[int, ...], np.dtype]]]
+  # (params {path: array}, config, verify dir) -> {array name: (max_abs, max_rel)}
+  verify: Callable[[Mapping[str, np.ndarray], ml_collections.ConfigDict, pathlib.Path],
+                   dict[str, tuple[float, float]]]
+  skip: dict[str, str] = dataclasses.field(default_factory=dict)
+  export_name: str = 'model.safetensors'
+
+
+class ConversionError(RuntimeError):
+  pass
+
+
+def with_dtype(target, dtype: str | None):
+  if dtype is None:
+    return target
+  return {k: (shape, np.dtype(dtype) if np.issubdtype(dt, np.floating) else dt)
+          for k, (shape, dt) in target.items()}
+
+
+def check(family: Family, src, config_override=None, dtype=None, log=print):
+  """Accounting and shapes from headers only. Returns (config, instances, target, report)."""
+  reader = CheckpointReader(src)
+  cfg = family.resolve_config(pathlib.Path(src), reader, config_override)
+  target = with_dtype(family.target(cfg), dtype)
+  source = {k: (i.shape, i.dtype) for k, i in reader.infos.items()}
+  instances, report = keymap.plan(family.rules(cfg), family.counts(cfg), source, target,
+                                  family.skip)
+  for line in report.lines():
+    log(line)
+  return cfg, instances, target, reader, report
+
+
+def convert(family: Family, src, out, *, config_override=None, dtype='float32', force=False,
+            log=print) -> tuple[dict[str, np.ndarray], ml_collections.ConfigDict]:
+  """Strict conversion into an orbax checkpoint at `out` (written atomically)."""
+  out = pathlib.Path(out)
+  if out.exists() and any(out.iterdir()) and not force:
+    raise ConversionError(f'{out} exists and is not empty (use --force to replace it)')
+  cfg, instances, target, reader, report = check(family, src, config_override, dtype, log)
+  if not report.ok:
+    raise ConversionError(f'{family.name}: conversion refused, see the list above')
+  with tqdm(total=len(instances), desc=f'converting {family.name}', unit='tensor',
+            file=sys.stderr) as bar:
+    params = keymap.execute(instances, reader.get, target, progress=bar)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
+  try:
+    param_io.save(staging, params, cfg)
+    if out.exists():
+      shutil.rmtree(out)
+    staging.rename(out)
+  finally:
+    if staging.exists():
+      shutil.rmtree(staging)
+  log(f'wrote {len(params)} params to {out}')
+  return params, cfg
+
+
+def print_verify(errors: dict[str, tuple[float, float]], atol: float, log=print) -> bool:
+  if not errors:
+    log('verify: no known arrays compared')
+    return False
+  width = max(len(k) for k in errors)
+  ok = True
+  log(f'{"array":<{width}}  {"max_abs":>10}  {"max_rel":>10}')
+  for name, (abs_err, rel_err) in errors.items():
+    bad = not abs_err <= atol
+    ok &= not bad
+    log(f'{name:<{width}}  {abs_err:10.3e}  {rel_err:10.3e}{"  > atol" if bad else ""}')
+  log(f'verify {"PASSED" if ok else "FAILED"} (atol {atol:g})')
+  return ok
+
+
+def compare(got, want) -> tuple[float, float]:
+  """(max |got - want|, that divided by max |want|); exact equality for booleans."""
+  got, want = np.asarray(got), np.asarray(want)
+  if got.shape != want.shape:
+    raise ConversionError(f'shape {got.shape} != reference {want.shape}')
+  if want.dtype == bool:
+    diff = float(np.sum(got != want))
+    return diff, diff / max(want.size, 1)
+  d = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64)))) if want.size else 0.
+  scale = float(np.max(np.abs(want))) if want.size else 0.
+  return d, d / max(scale, 1e-30)
+
+
+def export(family: Family, directory, out, log=print) -> pathlib.Path:
+  """Writes converted params back as an original-format safetensors checkpoint."""
+  cfg = param_io.load_config(directory)
+  params = {k: np.asarray(v) for k, v in param_io.load_params(directory, family.target(cfg)).items()}
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  path = out / family.export_name
+  write_safetensors(path, keymap.export(family.rules(cfg), family.counts(cfg), params))
+  log(f'exported {family.name} params to {path}')
+  return path
+
+
+def main(family: Family, argv=None) -> int:
+  p = argparse.ArgumentParser(prog=f'python -m convert.{family.name}', description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--src', required=True, help='original checkpoint (dir or file)')
+  p.add_argument('--out', help='output directory')
+  p.add_argument('--verify', metavar='DIR', help='dir with inputs.npz / outputs.npz')
+  p.add_argument('--atol', type=float, default=1e-4)
+  p.add_argument('--check', action='store_true', help='header-only accounting, no data read')
+  p.add_argument('--config', help='configs/FILE.py[:arg] overriding the checkpoint config')
+  p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'],
+                 help='dtype of the converted params')
+  p.add_argument('--export', action='store_true',
+                 help='--src is a converted dir; write the original format to --out')
+  p.add_argument('--force', action='store_true', help='replace a non-empty --out')
+  args = p.parse_args(argv)
+  override = config_lib.load_config(args.config) if args.config else None
+  try:
+    if args.export:
+      if not args.out:
+        p.error('--export needs --out')
+      export(family, args.src, args.out)
+      return 0
+    if args.check:
+      *_, report = check(family, args.src, override, args.dtype)
+      return 0 if report.ok else 1
+    if args.out:
+      params, cfg = convert(family, args.src, args.out, config_override=override,
+                            dtype=args.dtype, force=args.force)
+    elif args.verify:
+      cfg, instances, target, reader, report = check(family, args.src, override, args.dtype)
+      if not report.ok:
+        raise ConversionError('accounting failed; nothing to verify')
+      params = keymap.execute(instances, reader.get, target)
+    else:
+      p.error('give --out, --check, --verify or --export')
+    if args.verify:
+      errors = family.verify(params, cfg, pathlib.Path(args.verify))
+      return 0 if print_verify(errors, args.atol) else 1
+    return 0
+  except (ConversionError, FileNotFoundError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
