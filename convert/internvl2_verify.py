@@ -29,8 +29,8 @@ def predictions(model: InternVL, inputs: Mapping[str, np.ndarray]) -> dict[str, 
     if 'image_flags' in inputs:
       pixels = pixels[np.asarray(inputs['image_flags']).astype(bool)]
     inter = jax.jit(lambda m, x: m.vision.intermediates(x))(model, pixels)
-    out.update(vision_last_hidden_state=inter['last_hidden_state'],
-               vision_hidden_states=inter['hidden_states'],
+    out.update(vision_last_hidden_state=inter['vit_last_hidden'],
+               vision_hidden_states=inter['vit_hidden_states'],
                pixel_shuffle_out=inter['pixel_shuffle_out'], vit_embeds=inter['vit_embeds'])
     if 'input_ids' in inputs:
       ids = jnp.asarray(inputs['input_ids'], jnp.int32)
@@ -40,14 +40,16 @@ def predictions(model: InternVL, inputs: Mapping[str, np.ndarray]) -> dict[str, 
       @jax.jit
       def run(m, ids, valid, tiles):
         embeds = m.input_embeddings(ids, tiles)
-        logits, hidden = m.llm(embeds, valid, return_hidden_states=True)
-        return embeds, logits, hidden
+        return embeds, m.llm(embeds, valid, return_hidden_states=True)
 
-      embeds, logits, hidden = run(model, ids, valid, tiles)
-      layers = hidden['layers'][:-1, 0]  # outputs of layers 0..L-2; the last one is pre-norm
-      out.update(inputs_embeds=embeds, logits=logits, llm_last_hidden_state=hidden['final'],
+      embeds, res = run(model, ids, valid, tiles)
+      # The original's tuple: inputs, outputs of layers 0..L-2, then the final-normed output
+      # (the last layer's pre-norm output is not part of it).
+      layers = res['hidden_states'][:-1, 0]
+      out.update(inputs_embeds=embeds, logits=res['logits'],
+                 llm_last_hidden_state=res['last_hidden'],
                  llm_hidden_states=jnp.concatenate(
-                     [embeds[0][None], layers, hidden['final'][0][None]], axis=0))
+                     [embeds[0][None], layers, res['last_hidden'][0][None]], axis=0))
   if 'long_input_ids' in inputs:
     ids = jnp.asarray(inputs['long_input_ids'], jnp.int32)
     valid = jnp.asarray(inputs.get('long_attention_mask', np.ones(ids.shape)), bool)
@@ -56,8 +58,8 @@ def predictions(model: InternVL, inputs: Mapping[str, np.ndarray]) -> dict[str, 
     def run_text(m, ids, valid):
       return m.llm(m.llm.embed_tokens(ids), valid, return_hidden_states=True)
 
-    logits, hidden = run_text(model, ids, valid)
-    out.update(long_logits=logits, long_last_hidden_state=hidden['final'])
+    res = run_text(model, ids, valid)
+    out.update(long_logits=res['logits'], long_last_hidden_state=res['last_hidden'])
   return {k: np.asarray(v) for k, v in out.items()}
 
 

@@ -143,7 +143,15 @@ def plan(rules: Iterable[Rule], counts: Mapping[str, int],
         continue
       used.update(inst.src)
       src_abs = [jax.ShapeDtypeStruct(source[s][0], source[s][1]) for s in inst.src]
-      dst_abs = jax.eval_shape(inst.rule.transform.forward, *src_abs)
+      try:
+        dst_abs = jax.eval_shape(inst.rule.transform.forward, *src_abs)
+      except (TypeError, ValueError) as e:
+        shapes = ', '.join(f'{s} {tuple(source[s][0])}' for s in inst.src)
+        report.shape_errors.append(f'{shapes}: {inst.rule.transform.name} cannot produce '
+                                   f'{", ".join(p for p, _ in inst.dst)} ({str(e).splitlines()[0]})')
+        for path, index in inst.dst:
+          assigned.setdefault(path, set()).add(index)
+        continue
       good = True
       for (path, index), got in zip(inst.dst, dst_abs):
         if path not in target:
