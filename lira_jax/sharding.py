@@ -40,6 +40,11 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ('conv_in', None),
     ('conv_out', 'tensor'),
     ('norm', None),
+    # OMG-Seg head (frozen, small): replicated
+    ('seg_embed', None),
+    ('seg_mlp', None),
+    ('seg_heads', None),
+    ('seg_sampling', None),
 )
 
 
