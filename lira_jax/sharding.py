@@ -1,6 +1,6 @@
 """The one place that maps logical parameter/activation axes to mesh axes (data, fsdp, tensor).
 
-Every parameter carries logical axis names (`sharding_names`); `LOGICAL_RULES` turns them into a
+Every parameter carries logical axis names (`out_sharding`); `LOGICAL_RULES` turns them into a
 PartitionSpec over the mesh. A config may pass its own rules table with the same structure.
 """
 from __future__ import annotations
@@ -45,6 +45,7 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ('seg_mlp', None),
     ('seg_heads', None),
     ('seg_sampling', None),
+    ('ov_embed', None),
 )
 
 

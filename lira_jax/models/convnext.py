@@ -37,7 +37,7 @@ class ConvNeXtBlock(nnx.Module):
     self.norm = LayerNorm(dim, eps=eps, axis_name='norm', param_dtype=param_dtype)
     self.fc1 = Linear(dim, 4 * dim, axes=(_CHANNELS, _HIDDEN), **mods)
     self.fc2 = Linear(4 * dim, dim, axes=(_HIDDEN, _CHANNELS), **mods)
-    self.gamma = nnx.Param(jnp.ones((dim,), param_dtype), sharding_names=('norm',))
+    self.gamma = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=('norm',))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     h = self.fc2(gelu_exact(self.fc1(self.norm(self.conv_dw(x)))))

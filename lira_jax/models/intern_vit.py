@@ -80,11 +80,11 @@ class InternViTBlock(nnx.Module):
     # Output columns [q; k; v], each head-major, as the checkpoint's fused qkv rows.
     self.qkv = Linear(d, 3 * d, axes=('vit_embed', 'vit_qkv'), use_bias=cfg.qkv_bias, **lin)
     self.proj = Linear(d, d, axes=('vit_qkv', 'vit_embed'), **lin)
-    self.ls1 = nnx.Param(jnp.ones((d,), param_dtype), sharding_names=('norm',))
+    self.ls1 = nnx.Param(jnp.ones((d,), param_dtype), out_sharding=('norm',))
     self.norm2 = LayerNorm(d, eps=cfg.norm_eps, axis_name='norm', param_dtype=param_dtype)
     self.fc1 = Linear(d, cfg.mlp_dim, axes=('vit_embed', 'vit_mlp'), **lin)
     self.fc2 = Linear(cfg.mlp_dim, d, axes=('vit_mlp', 'vit_embed'), **lin)
-    self.ls2 = nnx.Param(jnp.ones((d,), param_dtype), sharding_names=('norm',))
+    self.ls2 = nnx.Param(jnp.ones((d,), param_dtype), out_sharding=('norm',))
 
   def attention(self, x: jax.Array) -> jax.Array:
     """Bidirectional MHA, [B, N, D] -> [B, N, D]; softmax in float32."""
@@ -113,10 +113,10 @@ class InternViT(nnx.Module):
                             axes=(None, None, 'conv_in', 'vit_embed'), rngs=rngs, dtype=dtype,
                             param_dtype=param_dtype)
     self.cls_token = nnx.Param(normal_init(0.02)(rngs.params(), (1, 1, d), param_dtype),
-                               sharding_names=(None, None, 'vit_embed'))
+                               out_sharding=(None, None, 'vit_embed'))
     self.pos_embed = nnx.Param(
         normal_init(0.02)(rngs.params(), (1, 1 + self.grid ** 2, d), param_dtype),
-        sharding_names=(None, 'vit_pos', 'vit_embed'))
+        out_sharding=(None, 'vit_pos', 'vit_embed'))
     self.layers = stacked(
         lambda r: InternViTBlock(cfg, dtype=dtype, param_dtype=param_dtype, rngs=r),
         cfg.num_layers, rngs)

@@ -120,7 +120,7 @@ class MSDeformAttnPixelDecoder(nnx.Module):
         for k in range(n_enc)])
     self.encoder = DeformEncoder(cfg_head, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.level_encoding = nnx.Param(
-        jax.random.normal(rngs.params(), (n_enc, c), param_dtype), sharding_names=(None, 'seg_embed'))
+        jax.random.normal(rngs.params(), (n_enc, c), param_dtype), out_sharding=(None, 'seg_embed'))
     fpn_levels = range(n_in - n_enc - 1, -1, -1)
     self.lateral_convs = nnx.List([
         ConvGN(cfg_head.in_channels[i], c, 1, use_bias=False, relu=False, **conv)

@@ -21,8 +21,8 @@ class GroupNorm(nnx.Module):
     if dim % num_groups:
       raise ValueError(f'{dim} channels cannot be split into {num_groups} groups')
     self.num_groups, self.eps = num_groups, eps
-    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), sharding_names=(axis_name,))
-    self.bias = nnx.Param(jnp.zeros((dim,), param_dtype), sharding_names=(axis_name,))
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=(axis_name,))
+    self.bias = nnx.Param(jnp.zeros((dim,), param_dtype), out_sharding=(axis_name,))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     dtype, shape = x.dtype, x.shape

@@ -32,8 +32,8 @@ class Linear(nnx.Module):
                kernel_init=jax.nn.initializers.lecun_normal()):
     self.in_features, self.out_features, self.dtype = in_features, out_features, dtype
     self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features), param_dtype),
-                            sharding_names=tuple(axes))
-    self.bias = (nnx.Param(jnp.zeros((out_features,), param_dtype), sharding_names=(axes[-1],))
+                            out_sharding=tuple(axes))
+    self.bias = (nnx.Param(jnp.zeros((out_features,), param_dtype), out_sharding=(axes[-1],))
                  if use_bias else None)
 
   @classmethod
@@ -57,8 +57,8 @@ class LayerNorm(nnx.Module):
 
   def __init__(self, dim: int, *, eps: float, axis_name: str, param_dtype=jnp.float32):
     self.eps = eps
-    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), sharding_names=(axis_name,))
-    self.bias = nnx.Param(jnp.zeros((dim,), param_dtype), sharding_names=(axis_name,))
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=(axis_name,))
+    self.bias = nnx.Param(jnp.zeros((dim,), param_dtype), out_sharding=(axis_name,))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     dtype = x.dtype
@@ -74,7 +74,7 @@ class RMSNorm(nnx.Module):
 
   def __init__(self, dim: int, *, eps: float, axis_name: str = 'embed', param_dtype=jnp.float32):
     self.eps = eps
-    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), sharding_names=(axis_name,))
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=(axis_name,))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     dtype = x.dtype
@@ -90,7 +90,7 @@ class Embed(nnx.Module):
                param_dtype=jnp.float32):
     self.dtype = dtype
     self.embedding = nnx.Param(normal_init(0.02)(rngs.params(), (vocab, dim), param_dtype),
-                               sharding_names=('vocab', 'embed'))
+                               out_sharding=('vocab', 'embed'))
 
   def __call__(self, ids: jax.Array) -> jax.Array:
     return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
@@ -109,8 +109,8 @@ class Conv(nnx.Module):
     self.strides, self.padding, self.groups, self.dtype = tuple(strides), padding, groups, dtype
     shape = (*kernel_size, in_features // groups, out_features)
     self.kernel = nnx.Param(jax.nn.initializers.lecun_normal()(rngs.params(), shape, param_dtype),
-                            sharding_names=tuple(axes))
-    self.bias = (nnx.Param(jnp.zeros((out_features,), param_dtype), sharding_names=(axes[-1],))
+                            out_sharding=tuple(axes))
+    self.bias = (nnx.Param(jnp.zeros((out_features,), param_dtype), out_sharding=(axes[-1],))
                  if use_bias else None)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -138,12 +138,17 @@ def scan_layers(layers: nnx.Module, body, carry, xs=None, remat_policy: str | No
 
   remat_policy: None (no rematerialisation) or a name in jax.checkpoint_policies.
   """
-  graphdef, params = nnx.split(layers)
+  graphdef, state = nnx.split(layers)
 
   def step(c, inputs):
-    layer_params, x = inputs
-    return body(nnx.merge(graphdef, layer_params), c, x)
+    layer_state, x = inputs
+    layer = nnx.merge(graphdef, layer_state)
+    c, y = body(layer, c, x)
+    # RNG counters advance inside the body (dropout); carry them out so masks differ per call.
+    return c, (y, nnx.state(layer, nnx.RngState))
 
   if remat_policy:
     step = jax.checkpoint(step, policy=getattr(jax.checkpoint_policies, remat_policy))
-  return jax.lax.scan(step, carry, (params, xs))
+  carry, (ys, rng_state) = jax.lax.scan(step, carry, (state, xs))
+  nnx.update(layers, rng_state)
+  return carry, ys

@@ -34,10 +34,13 @@ class LoRALinear(nnx.Module):
     bound = 1.0 / math.sqrt(self.in_features)  # peft: kaiming_uniform(a=sqrt(5)) on lora_A
     a = jax.random.uniform(rngs.params(), (*lead, self.in_features, rank), self.kernel.dtype,
                            -bound, bound)
-    self.lora_a = nnx.Param(a, sharding_names=(*axes[:-1], 'lora_rank'))
+    self.lora_a = nnx.Param(a, out_sharding=(*axes[:-1], 'lora_rank'))
     self.lora_b = nnx.Param(jnp.zeros((*lead, rank, self.out_features), self.kernel.dtype),
-                            sharding_names=(*axes[:-2], 'lora_rank', axes[-1]))
-    self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+                            out_sharding=(*axes[:-2], 'lora_rank', axes[-1]))
+    self.dropout = nnx.Dropout(dropout, rngs=None if lead else rngs) if dropout > 0 else None
+    if self.dropout is not None and lead:
+      # One stream per stacked layer, so the RNG state scans along with the parameters.
+      self.dropout.rngs = rngs[self.dropout.rng_collection].split(lead)
 
   def delta(self) -> jax.Array:
     """(alpha / r) * A @ B, f32[..., in, out]."""
