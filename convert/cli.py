@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from configs import common as config_lib
 from convert import keymap
+from convert.pth_io import open_checkpoint
 from convert.safetensors_io import CheckpointReader, write_safetensors
 from lira_jax import param_io
 
@@ -40,8 +41,20 @@ class Family:
   # (params {path: array}, config, verify dir) -> {array name: (max_abs, max_rel)}
   verify: Callable[[Mapping[str, np.ndarray], ml_collections.ConfigDict, pathlib.Path],
                    dict[str, tuple[float, float]]]
-  skip: dict[str, str] = dataclasses.field(default_factory=dict)
+  skip: dict[str, str] | Callable[[object], dict[str, str]] = dataclasses.field(
+      default_factory=dict)
   export_name: str = 'model.safetensors'
+  # Extra source flags beyond --src: {flag: help}; `open_sources` merges them into one reader.
+  extra_sources: dict[str, str] = dataclasses.field(default_factory=dict)
+  open_sources: Callable[..., object] | None = None
+
+  def reader(self, src, extra=None):
+    if self.open_sources is not None:
+      return self.open_sources(src, **(extra or {}))
+    return open_checkpoint(src)
+
+  def skip_patterns(self, reader) -> dict[str, str]:
+    return self.skip(reader) if callable(self.skip) else self.skip
 
 
 class ConversionError(RuntimeError):
@@ -55,26 +68,28 @@ def with_dtype(target, dtype: str | None):
           for k, (shape, dt) in target.items()}
 
 
-def check(family: Family, src, config_override=None, dtype=None, log=print):
-  """Accounting and shapes from headers only. Returns (config, instances, target, report)."""
-  reader = CheckpointReader(src)
+def check(family: Family, src, config_override=None, dtype=None, log=print, extra=None):
+  """Accounting and shapes without reading tensor data.
+
+  Returns (config, instances, target, reader, report)."""
+  reader = family.reader(src, extra)
   cfg = family.resolve_config(pathlib.Path(src), reader, config_override)
   target = with_dtype(family.target(cfg), dtype)
   source = {k: (i.shape, i.dtype) for k, i in reader.infos.items()}
   instances, report = keymap.plan(family.rules(cfg), family.counts(cfg), source, target,
-                                  family.skip)
+                                  family.skip_patterns(reader))
   for line in report.lines():
     log(line)
   return cfg, instances, target, reader, report
 
 
 def convert(family: Family, src, out, *, config_override=None, dtype='float32', force=False,
-            log=print) -> tuple[dict[str, np.ndarray], ml_collections.ConfigDict]:
+            log=print, extra=None) -> tuple[dict[str, np.ndarray], ml_collections.ConfigDict]:
   """Strict conversion into an orbax checkpoint at `out` (written atomically)."""
   out = pathlib.Path(out)
   if out.exists() and any(out.iterdir()) and not force:
     raise ConversionError(f'{out} exists and is not empty (use --force to replace it)')
-  cfg, instances, target, reader, report = check(family, src, config_override, dtype, log)
+  cfg, instances, target, reader, report = check(family, src, config_override, dtype, log, extra)
   if not report.ok:
     raise ConversionError(f'{family.name}: conversion refused, see the list above')
   with tqdm(total=len(instances), desc=f'converting {family.name}', unit='tensor',
@@ -148,7 +163,11 @@ def main(family: Family, argv=None) -> int:
   p.add_argument('--export', action='store_true',
                  help='--src is a converted dir; write the original format to --out')
   p.add_argument('--force', action='store_true', help='replace a non-empty --out')
+  for flag, help_text in family.extra_sources.items():
+    p.add_argument(f'--{flag}', help=help_text)
   args = p.parse_args(argv)
+  extra = {flag.replace('-', '_'): getattr(args, flag.replace('-', '_'))
+           for flag in family.extra_sources}
   override = config_lib.load_config(args.config) if args.config else None
   try:
     if args.export:
@@ -157,13 +176,14 @@ def main(family: Family, argv=None) -> int:
       export(family, args.src, args.out)
       return 0
     if args.check:
-      *_, report = check(family, args.src, override, args.dtype)
+      *_, report = check(family, args.src, override, args.dtype, extra=extra)
       return 0 if report.ok else 1
     if args.out:
       params, cfg = convert(family, args.src, args.out, config_override=override,
-                            dtype=args.dtype, force=args.force)
+                            dtype=args.dtype, force=args.force, extra=extra)
     elif args.verify:
-      cfg, instances, target, reader, report = check(family, args.src, override, args.dtype)
+      cfg, instances, target, reader, report = check(family, args.src, override, args.dtype,
+                                                     extra=extra)
       if not report.ok:
         raise ConversionError('accounting failed; nothing to verify')
       params = keymap.execute(instances, reader.get, target)
@@ -173,6 +193,6 @@ def main(family: Family, argv=None) -> int:
       errors = family.verify(params, cfg, pathlib.Path(args.verify))
       return 0 if print_verify(errors, args.atol) else 1
     return 0
-  except (ConversionError, FileNotFoundError, ValueError) as e:
+  except (ConversionError, FileNotFoundError, ValueError, ImportError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
