@@ -56,6 +56,22 @@ def internvl_config(*, vision, projector, llm, template, image_context_id, tilin
   return c
 
 
+def tiny_vision_config():
+  """The test-size InternViT used by every tiny variant (sizes of ../shared/golden/internvl2_tiny)."""
+  return vision_config(hidden_size=64, num_layers=2, num_heads=4, mlp_dim=256, image_size=112)
+
+
+def internvl2_variant(arg, *, llm, tiny_llm, template, image_context_id, tiny_image_context_id=193):
+  """InternViT-300M + mlp1 + `llm` for arg None, or the tiny vision tower + `tiny_llm` for 'tiny'."""
+  if arg == 'tiny':
+    return internvl_config(vision=tiny_vision_config(), projector=projector_config(),
+                           llm=tiny_llm, template=template, image_context_id=tiny_image_context_id)
+  if arg not in (None, ''):
+    raise ValueError(f'unknown config arg {arg!r} (expected none or "tiny")')
+  return internvl_config(vision=vision_config(), projector=projector_config(), llm=llm,
+                         template=template, image_context_id=image_context_id)
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py[:arg]` by calling its get_config(arg)."""
   path, _, arg = spec.partition(':')

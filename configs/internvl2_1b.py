@@ -4,26 +4,19 @@ Arg 'tiny': a test-size model with the same structure.
 """
 from configs import common
 
-# <IMG_CONTEXT> in the InternVL2 Qwen2 vocabulary (151643 base + 3 chat tokens + <img>, </img>).
+# <IMG_CONTEXT> in the InternVL2 Qwen2 vocabulary: 151643 base + 3 chat tokens + <img>, </img>
+# [inferred from the 9 added InternVL tokens; the converter reads the id from the checkpoint].
 QWEN2_IMG_CONTEXT_ID = 151648
+QWEN2 = dict(family='qwen2', norm_eps=1e-6, rope_theta=1e6)
 
 
 def get_config(arg=None):
-  if arg == 'tiny':
-    return common.internvl_config(
-        vision=common.vision_config(hidden_size=64, num_layers=2, num_heads=4, mlp_dim=256,
-                                    image_size=112),
-        projector=common.projector_config(),
-        llm=common.llm_config(family='qwen2', vocab_size=200, hidden_size=56, num_layers=2,
-                              num_heads=7, num_kv_heads=1, mlp_dim=152, norm_eps=1e-6,
-                              rope_theta=1e6, max_position_embeddings=64, tie_embeddings=False),
-        template='Hermes-2', image_context_id=193)
-  if arg not in (None, ''):
-    raise ValueError(f'unknown config arg {arg!r} (expected none or "tiny")')
-  return common.internvl_config(
-      vision=common.vision_config(),
-      projector=common.projector_config(),
-      llm=common.llm_config(family='qwen2', vocab_size=151655, hidden_size=896, num_layers=24,
-                            num_heads=14, num_kv_heads=2, mlp_dim=4864, norm_eps=1e-6,
-                            rope_theta=1e6, max_position_embeddings=32768, tie_embeddings=False),
+  return common.internvl2_variant(
+      arg,
+      llm=common.llm_config(vocab_size=151655, hidden_size=896, num_layers=24, num_heads=14,
+                            num_kv_heads=2, mlp_dim=4864, max_position_embeddings=32768,
+                            tie_embeddings=False, **QWEN2),
+      tiny_llm=common.llm_config(vocab_size=200, hidden_size=56, num_layers=2, num_heads=7,
+                                 num_kv_heads=1, mlp_dim=152, max_position_embeddings=64,
+                                 tie_embeddings=False, **QWEN2),
       template='Hermes-2', image_context_id=QWEN2_IMG_CONTEXT_ID)

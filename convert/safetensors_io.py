@@ -113,20 +113,12 @@ def write_safetensors(path: str | os.PathLike, tensors: Iterator[tuple[str, np.n
   """Writes tensors (name, array) in the given order; arrays are written as they come, so peak
   memory is one tensor beyond what the caller holds."""
   items = list(tensors.items()) if isinstance(tensors, dict) else list(tensors)
-  header: dict = {'__metadata__': dict(metadata or {'format': 'pt'})}
-  offset = 0
   for name, arr in items:
-    dtype = np.dtype(arr.dtype)
-    if dtype not in DTYPE_NAMES:
-      raise ValueError(f'cannot write {name}: dtype {dtype} unsupported by safetensors')
-    nbytes = int(np.prod(arr.shape, dtype=np.int64)) * dtype.itemsize
-    header[name] = {'dtype': DTYPE_NAMES[dtype], 'shape': list(arr.shape),
-                    'data_offsets': [offset, offset + nbytes]}
-    offset += nbytes
-  blob = json.dumps(header, separators=(',', ':')).encode()
-  blob += b' ' * (-len(blob) % 8)
+    if np.dtype(arr.dtype) not in DTYPE_NAMES:
+      raise ValueError(f'cannot write {name}: dtype {arr.dtype} unsupported by safetensors')
+  blob, _ = _header_blob([(n, a.shape, DTYPE_NAMES[np.dtype(a.dtype)]) for n, a in items],
+                         metadata)
   with open(path, 'wb') as f:
-    f.write(struct.pack('<Q', len(blob)))
     f.write(blob)
     for _, arr in items:
       f.write(np.ascontiguousarray(arr).tobytes())
@@ -135,15 +127,21 @@ def write_safetensors(path: str | os.PathLike, tensors: Iterator[tuple[str, np.n
 def write_sparse_checkpoint(path: str | os.PathLike, shapes: dict[str, tuple[list[int], str]]) -> None:
   """Writes a safetensors file whose header lists `shapes` ({name: (shape, dtype name)}) and whose
   data region is a hole (sparse file: no disk, no memory). For header-only tests at real sizes."""
-  header: dict = {'__metadata__': {'format': 'pt'}}
+  blob, data_bytes = _header_blob([(n, shape, dt) for n, (shape, dt) in shapes.items()])
+  with open(path, 'wb') as f:
+    f.write(blob)
+    f.truncate(len(blob) + data_bytes)
+
+
+def _header_blob(entries, metadata=None) -> tuple[bytes, int]:
+  """Length prefix + JSON header (padded to 8 bytes) for (name, shape, dtype name) entries laid
+  out back to back; returns it with the total data size."""
+  header: dict = {'__metadata__': dict(metadata or {'format': 'pt'})}
   offset = 0
-  for name, (shape, dtype) in shapes.items():
+  for name, shape, dtype in entries:
     nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
     header[name] = {'dtype': dtype, 'shape': list(shape), 'data_offsets': [offset, offset + nbytes]}
     offset += nbytes
   blob = json.dumps(header, separators=(',', ':')).encode()
   blob += b' ' * (-len(blob) % 8)
-  with open(path, 'wb') as f:
-    f.write(struct.pack('<Q', len(blob)))
-    f.write(blob)
-    f.truncate(8 + len(blob) + offset)
+  return struct.pack('<Q', len(blob)) + blob, offset
