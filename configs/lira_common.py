@@ -48,7 +48,7 @@ def lira_config(base: ml_collections.ConfigDict, *, tiny: bool, stage: int, lora
   c.tokens = ml_collections.ConfigDict(tokens)
   c.stage = stage
   if tiny:
-    c.seq = ml_collections.ConfigDict(dict(max_len=256, max_tiles=3, max_queries=8,
+    c.seq = ml_collections.ConfigDict(dict(max_len=256, max_tiles=3, max_queries=12,
                                            max_regions=2, max_seg=4))
   else:
     # stage 2: 1024 text tokens + 7 tiles·256 + 258 + 256 queries + regions; stage 1: 4096 text.

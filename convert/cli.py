@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import pathlib
+import re
 import shutil
 import sys
 import tempfile
@@ -47,6 +48,9 @@ class Family:
   # Extra source flags beyond --src: {flag: help}; `open_sources` merges them into one reader.
   extra_sources: dict[str, str] = dataclasses.field(default_factory=dict)
   open_sources: Callable[..., object] | None = None
+  # Per-array verify tolerances {regex on the array name: atol}, first match wins; arrays no
+  # pattern names use the default atol. An explicit --atol applies to every array instead.
+  tolerances: dict[str, float] = dataclasses.field(default_factory=dict)
 
   def reader(self, src, extra=None):
     if self.open_sources is not None:
@@ -55,6 +59,9 @@ class Family:
 
   def skip_patterns(self, reader) -> dict[str, str]:
     return self.skip(reader) if callable(self.skip) else self.skip
+
+
+DEFAULT_ATOL = 1e-4
 
 
 class ConversionError(RuntimeError):
@@ -109,18 +116,26 @@ def convert(family: Family, src, out, *, config_override=None, dtype='float32', 
   return params, cfg
 
 
-def print_verify(errors: dict[str, tuple[float, float]], atol: float, log=print) -> bool:
+def print_verify(errors: dict[str, tuple[float, float]], atol: float, log=print,
+                 tolerances: Mapping[str, float] | None = None) -> bool:
+  """tolerances: optional {regex: atol} per array name (first match wins, else `atol`); when
+  given, each line also shows the atol it was held to."""
   if not errors:
     log('verify: no known arrays compared')
     return False
   width = max(len(k) for k in errors)
   ok = True
-  log(f'{"array":<{width}}  {"max_abs":>10}  {"max_rel":>10}')
+  per_array = bool(tolerances)
+  header = f'{"array":<{width}}  {"max_abs":>10}  {"max_rel":>10}'
+  log(header + (f'  {"atol":>9}' if per_array else ''))
   for name, (abs_err, rel_err) in errors.items():
-    bad = not abs_err <= atol
+    limit = next((t for pattern, t in (tolerances or {}).items() if re.search(pattern, name)), atol)
+    bad = not abs_err <= limit
     ok &= not bad
-    log(f'{name:<{width}}  {abs_err:10.3e}  {rel_err:10.3e}{"  > atol" if bad else ""}')
-  log(f'verify {"PASSED" if ok else "FAILED"} (atol {atol:g})')
+    log(f'{name:<{width}}  {abs_err:10.3e}  {rel_err:10.3e}'
+        f'{f"  {limit:9.1e}" if per_array else ""}{"  > atol" if bad else ""}')
+  limits = 'per-array atol' if per_array else f'atol {atol:g}'
+  log(f'verify {"PASSED" if ok else "FAILED"} ({limits})')
   return ok
 
 
@@ -155,7 +170,9 @@ def main(family: Family, argv=None) -> int:
   p.add_argument('--src', required=True, help='original checkpoint (dir or file)')
   p.add_argument('--out', help='output directory')
   p.add_argument('--verify', metavar='DIR', help='dir with inputs.npz / outputs.npz')
-  p.add_argument('--atol', type=float, default=1e-4)
+  p.add_argument('--atol', type=float, default=None,
+                 help=f'max abs error for every verified array (default: the family\'s per-array '
+                      f'table, else {DEFAULT_ATOL:g})')
   p.add_argument('--check', action='store_true', help='header-only accounting, no data read')
   p.add_argument('--config', help='configs/FILE.py[:arg] overriding the checkpoint config')
   p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'],
@@ -191,7 +208,9 @@ def main(family: Family, argv=None) -> int:
       p.error('give --out, --check, --verify or --export')
     if args.verify:
       errors = family.verify(params, cfg, pathlib.Path(args.verify))
-      return 0 if print_verify(errors, args.atol) else 1
+      atol = DEFAULT_ATOL if args.atol is None else args.atol
+      tolerances = family.tolerances if args.atol is None else None
+      return 0 if print_verify(errors, atol, tolerances=tolerances) else 1
     return 0
   except (ConversionError, FileNotFoundError, ValueError, ImportError) as e:
     print(f'error: {e}', file=sys.stderr)

@@ -48,6 +48,8 @@ class PthReader:
     if not self.path.is_file():
       raise FileNotFoundError(f'checkpoint {self.path} does not exist')
     obj = self._safe_load(torch)
+    if isinstance(obj, torch.Tensor):  # a bare tensor file (e.g. OMG-Seg's OV class embeddings)
+      obj = {'tensor': obj}
     if not isinstance(obj, dict):
       raise ValueError(f'{self.path}: expected a dict of tensors, got {type(obj).__name__}')
     for key in _STATE_KEYS:

@@ -9,6 +9,7 @@ through its decoder module with our level inputs and positions.
 """
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,10 @@ from flax import nnx
 
 import lira_jax  # noqa: F401
 from configs import omg_seg
-from lira_jax.models.mask_decoder import DecoderLayer, MaskedAttentionDecoder, cls_embed_from_ov
+from convert import keymap
+from convert import omg_seg as omg_seg_convert
+from lira_jax import param_io
+from lira_jax.models.mask_decoder import DecoderLayer, MaskedAttentionDecoder
 from lira_jax.nn.position import sine_position_3d_single_frame
 from tests.test_omg_head import _random_decoder
 
@@ -27,16 +31,7 @@ MASK_TOL, CLS_TOL, TOL = 5e-5, 2e-4, 2e-5
 
 def head_config(gold_dir):
   with open(os.path.join(gold_dir, 'config.json')) as f:
-    j = json.load(f)
-  return omg_seg.omg_seg_config(
-      dims=j['in_channels'], depths=(1,) * len(j['in_channels']), image_size=j['image'],
-      feat_channels=j['C'], num_queries=j['num_queries'], gn_groups=j['gn_groups'],
-      enc_layers=j['enc_layers'], enc_heads=j['enc_heads'], enc_points=j['enc_points'],
-      enc_ffn=j['enc_ffn'], dec_layers=j['dec_layers'], dec_heads=j['dec_heads'],
-      dec_ffn=j['dec_ffn'], num_things=j['things'], num_stuff=j['stuff'], ov_dim=j['ov_dim'],
-      ov_protos=j['ov_protos'], num_levels=j['num_transformer_feat_level'],
-      logit_scale_log=j['logit_scale_log'],
-      pixel_shuffle_down_ratio=j['pixel_shuffle_down_ratio']).head
+    return omg_seg_convert.config_from_golden_json(json.load(f)).head
 
 
 def _assign(var, value):
@@ -56,49 +51,16 @@ def _mlp(mlp, get, prefix, torch_indices):
     _linear(layer, get(f'{prefix}.{i}.weight'), get(f'{prefix}.{i}.bias'))
 
 
-def load_decoder(model, tensors, ov_class_embed, num_layers, prefix='panoptic_head.'):
-  """mmdet state dict -> MaskedAttentionDecoder; every non-pixel-decoder key must be used."""
-  used = set()
-
-  def get(key):
-    used.add(prefix + key)
-    return tensors[prefix + key]
-
-  def per_layer(key):
-    return np.stack([get(f'transformer_decoder.layers.{i}.{key}') for i in range(num_layers)])
-
-  c = model.feat_channels
-  for name in ('cross_attn', 'self_attn'):
-    attn = getattr(model.layers, name)
-    w, b = per_layer(f'{name}.attn.in_proj_weight'), per_layer(f'{name}.attn.in_proj_bias')
-    for i, proj in enumerate((attn.q_proj, attn.k_proj, attn.v_proj)):
-      _linear(proj, w[:, i * c:(i + 1) * c], b[:, i * c:(i + 1) * c])
-    _linear(attn.out_proj, per_layer(f'{name}.attn.out_proj.weight'),
-            per_layer(f'{name}.attn.out_proj.bias'))
-  _linear(model.layers.ffn.fc1, per_layer('ffn.layers.0.0.weight'),
-          per_layer('ffn.layers.0.0.bias'))
-  _linear(model.layers.ffn.fc2, per_layer('ffn.layers.1.weight'), per_layer('ffn.layers.1.bias'))
-  for k in range(3):
-    norm = getattr(model.layers, f'norms_{k}')
-    _assign(norm.scale, per_layer(f'norms.{k}.weight'))
-    _assign(norm.bias, per_layer(f'norms.{k}.bias'))
-  _assign(model.post_norm.scale, get('transformer_decoder.post_norm.weight'))
-  _assign(model.post_norm.bias, get('transformer_decoder.post_norm.bias'))
-  for name in ('mask_embed', 'cls_proj', 'iou_embed'):
-    _mlp(getattr(model, name), get, name, (0, 2, 4))
-  _assign(model.mask_pooling_norm.scale, get('mask_pooling_proj.0.weight'))
-  _assign(model.mask_pooling_norm.bias, get('mask_pooling_proj.0.bias'))
-  _linear(model.mask_pooling_proj, get('mask_pooling_proj.1.weight'),
-          get('mask_pooling_proj.1.bias'))
-  for name in ('query_feat', 'query_embed', 'level_embed', 'mask_tokens', 'pb_embedding'):
-    _assign(getattr(model, name), get(f'{name}.weight'))
-  _linear(model.pos_linear, get('pos_linear.weight'), get('pos_linear.bias'))
-  _assign(model.cls_embed, cls_embed_from_ov(ov_class_embed))
-  left = {k for k in tensors if not k.startswith(prefix + 'pixel_decoder.')} - used
-  assert not left, f'checkpoint keys not mapped: {sorted(left)}'
-  unset = [p for p, v in nnx.iter_graph(model)
-           if isinstance(v, nnx.Param) and isinstance(v.get_value(), jax.ShapeDtypeStruct)]
-  assert not unset, f'parameters not loaded: {unset}'
+def load_decoder(model, tensors, ov_class_embed, head, prefix='panoptic_head.'):
+  """mmdet state dict + OV class embeddings -> MaskedAttentionDecoder through the converter's key
+  table; every non-pixel-decoder key and every parameter must be matched."""
+  rules = omg_seg_convert.decoder_rules(head, src=prefix, dst='') + [
+      keymap.r(omg_seg_convert.OV_KEY, 'cls_embed', omg_seg_convert.CLS_EMBED_FROM_OV)]
+  target = {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in param_io.flat_params(model).items()}
+  params = omg_seg_convert.params_from_tensors(
+      rules, {'dec_layers': head.dec_layers}, {**tensors, omg_seg_convert.OV_KEY: ov_class_embed},
+      target, {'^' + re.escape(prefix + 'pixel_decoder.'): 'pixel decoder, not under test'})
+  param_io.assign(model, {k: jnp.asarray(v) for k, v in params.items()})
 
 
 def nhwc(x):
@@ -115,7 +77,7 @@ def gold(shared_dir):
   # Abstract model: every parameter is then written from the checkpoint (no eager random init).
   model = nnx.eval_shape(lambda: MaskedAttentionDecoder(cfg, rngs=nnx.Rngs(0)))
   load_decoder(model, safetensors.numpy.load_file(os.path.join(d, 'model.safetensors')),
-               inputs['ov_class_embed'], cfg.dec_layers)
+               inputs['ov_class_embed'], cfg)
   memories = [nhwc(outputs[f'multi_scale_memory_{k}']) for k in range(cfg.num_levels)]
   return dict(cfg=cfg, model=model, inputs=inputs, outputs=outputs,
               mask_features=nhwc(outputs['mask_features']), memories=memories)

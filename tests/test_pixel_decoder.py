@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from convert import omg_seg
+from lira_jax import param_io
 from lira_jax.models.pixel_decoder import MSDeformAttnPixelDecoder
 
 GOLDEN = 'golden/omg_seg_head_tiny'
@@ -19,47 +21,14 @@ PREFIX = 'panoptic_head.pixel_decoder.'
 TOL = 2e-5  # golden README: OMG-Seg continuous arrays
 
 
-def _param_path(key: str):
-  """mmdet pixel-decoder key (prefix stripped) -> (path in our module, stacked layer index or None)."""
-  layer = None
-  m = re.fullmatch(r'encoder\.layers\.(\d+)\.(.*)', key)
-  if m:
-    layer, key = int(m[1]), 'encoder.layers.' + m[2]
-  key = (key.replace('ffn.layers.0.0.', 'ffn.fc1.').replace('ffn.layers.1.', 'ffn.fc2.')
-         .replace('norms.0.', 'norms_0.').replace('norms.1.', 'norms_1.'))
-  *parents, leaf = [int(p) if p.isdigit() else p for p in key.split('.')]
-  if key == 'level_encoding.weight':
-    return ('level_encoding',), layer
-  if leaf == 'weight':
-    leaf = 'scale' if parents[-1] in ('gn', 'norms_0', 'norms_1') else 'kernel'
-  return (*parents, leaf), layer
-
-
-def _to_flax(array: np.ndarray, path) -> np.ndarray:
-  if path[-1] != 'kernel':
-    return array
-  return array.transpose(2, 3, 1, 0) if array.ndim == 4 else array.T  # OIHW -> HWIO, (out,in) -> (in,out)
-
-
-def load_mmdet_weights(model: MSDeformAttnPixelDecoder, weights: dict[str, np.ndarray]) -> None:
-  """Fills `model` (abstract or concrete) with mmdet `pixel_decoder.*` tensors (prefix
-  stripped); every parameter must receive one."""
-  params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-  filled = {path: np.full(v.shape, np.nan, v.dtype) for path, v in params.items()}
-  seen = set()
-  for key, array in weights.items():
-    path, layer = _param_path(key)
-    assert path in filled, f'{key} -> {path} has no parameter'
-    array = _to_flax(array, path)
-    target = filled[path] if layer is None else filled[path][layer]
-    assert target.shape == array.shape, (key, target.shape, array.shape)
-    target[...] = array
-    seen.add((path, layer))
-  expected = {(p, i) for p in filled
-              for i in ([None] if p[0] != 'encoder' else range(filled[p].shape[0]))}
-  assert seen == expected, f'parameters without weights: {sorted(expected - seen, key=str)}'
-  for path, array in filled.items():
-    params[path].set_value(jnp.asarray(array))
+def load_mmdet_weights(model: MSDeformAttnPixelDecoder, weights: dict[str, np.ndarray],
+                       head) -> None:
+  """Fills `model` (abstract or concrete) with mmdet `pixel_decoder.*` tensors (prefix stripped)
+  through the converter's key table; every tensor and every parameter must be matched."""
+  target = {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in param_io.flat_params(model).items()}
+  params = omg_seg.params_from_tensors(omg_seg.pixel_decoder_rules(head, src='', dst=''),
+                                       {'enc_layers': head.enc_layers}, weights, target)
+  param_io.assign(model, {k: jnp.asarray(v) for k, v in params.items()})
 
 
 def _abstract_model(head):
@@ -82,18 +51,13 @@ def test_golden_omg_seg_pixel_decoder(shared_dir):
   from safetensors.numpy import load_file
   root = os.path.join(shared_dir, GOLDEN)
   with open(os.path.join(root, 'config.json')) as f:
-    cfg = json.load(f)
-  head = ml_collections.ConfigDict(dict(
-      in_channels=tuple(cfg['in_channels']), strides=tuple(cfg['strides']),
-      feat_channels=cfg['C'], num_levels=cfg['num_transformer_feat_level'],
-      gn_groups=cfg['gn_groups'], enc_layers=cfg['enc_layers'], enc_heads=cfg['enc_heads'],
-      enc_points=cfg['enc_points'], enc_ffn=cfg['enc_ffn']))
+    head = omg_seg.config_from_golden_json(json.load(f)).head
   weights = {k[len(PREFIX):]: v for k, v in load_file(os.path.join(root, 'model.safetensors')).items()
              if k.startswith(PREFIX)}
   inputs, outputs = np.load(os.path.join(root, 'inputs.npz')), np.load(os.path.join(root, 'outputs.npz'))
 
   model = _abstract_model(head)
-  load_mmdet_weights(model, weights)
+  load_mmdet_weights(model, weights, head)
   feats = [inputs[f'backbone_feat_{i}'] for i in range(len(head.in_channels))]
   mask_features, memorys = _forward(model, feats)
 
@@ -164,7 +128,7 @@ def test_matches_transformers_mask2former_pixel_decoder():
              for k, v in ref.state_dict().items()}
 
   model = _abstract_model(head)
-  load_mmdet_weights(model, weights)
+  load_mmdet_weights(model, weights, head)
   rng = np.random.default_rng(0)
   size = 64
   feats = [rng.standard_normal((2, c, size // s, size // s)).astype(np.float32)

@@ -138,14 +138,6 @@ class DecoderOutputs:
   attn_masks: tuple[jax.Array, ...]
 
 
-def cls_embed_from_ov(ov_class_embed: np.ndarray) -> np.ndarray:
-  """OV classifier file f32[K, P, D] -> the head's `cls_embed` f32[D, K+1, P] (zero background
-  prototypes appended, as the original builds its buffer)."""
-  k, p, d = ov_class_embed.shape
-  full = np.concatenate([ov_class_embed, np.zeros((1, p, d), ov_class_embed.dtype)], axis=0)
-  return np.ascontiguousarray(full.transpose(2, 0, 1))
-
-
 def attention_blocked(mask_logits: jax.Array, size: Sequence[int]) -> jax.Array:
   """mask_logits f32[..., h, w] -> bool[..., size[0]*size[1]]: sigmoid(bilinear resize) < 0.5,
   rows blocked everywhere opened again (a query must see something)."""
@@ -165,7 +157,7 @@ class MaskedAttentionDecoder(nnx.Module):
   Parameter names mirror `panoptic_head.*`: layers.* (= transformer_decoder.layers.N.*, stacked),
   post_norm, mask_embed, query_feat, query_embed, level_embed, cls_proj, mask_pooling_norm /
   mask_pooling_proj (= mask_pooling_proj.0 / .1), iou_embed, cls_embed (the non-persistent buffer
-  built from the OV file, see `cls_embed_from_ov`), and the prompt parameters mask_tokens,
+  built from the OV file by convert/omg_seg.py), and the prompt parameters mask_tokens,
   pb_embedding, pos_linear that LIRA's inference never reads.
   """
 
