@@ -47,6 +47,7 @@ class Family:
   export_name: str = 'model.safetensors'
   # Extra source flags beyond --src: {flag: help}; `open_sources` merges them into one reader.
   extra_sources: dict[str, str] = dataclasses.field(default_factory=dict)
+  src_flags: tuple[str, ...] = ('--src',)  # names of the main source flag (first is canonical)
   open_sources: Callable[..., object] | None = None
   # Per-array verify tolerances {regex on the array name: atol}, first match wins; arrays no
   # pattern names use the default atol. An explicit --atol applies to every array instead.
@@ -152,6 +153,22 @@ def compare(got, want) -> tuple[float, float]:
   return d, d / max(scale, 1e-30)
 
 
+def compare_golden(directory, predict: Callable[[dict], dict], log=print
+                   ) -> dict[str, tuple[float, float]]:
+  """Runs `predict(inputs)` on DIR/inputs.npz and compares every array of DIR/outputs.npz that it
+  produced; the arrays it cannot compute are listed, never silently dropped."""
+  directory = pathlib.Path(directory)
+  for name in ('inputs.npz', 'outputs.npz'):
+    if not (directory / name).is_file():
+      raise ConversionError(f'{directory / name} not found')
+  inputs, outputs = np.load(directory / 'inputs.npz'), np.load(directory / 'outputs.npz')
+  got = predict(dict(inputs))
+  errors = {name: compare(got[name], outputs[name]) for name in outputs.files if name in got}
+  unknown = [name for name in outputs.files if name not in got]
+  log(f'verify: not compared (not computed by this converter): {", ".join(unknown) or "none"}')
+  return errors
+
+
 def export(family: Family, directory, out, log=print) -> pathlib.Path:
   """Writes converted params back as an original-format safetensors checkpoint."""
   cfg = param_io.load_config(directory)
@@ -167,7 +184,8 @@ def export(family: Family, directory, out, log=print) -> pathlib.Path:
 def main(family: Family, argv=None) -> int:
   p = argparse.ArgumentParser(prog=f'python -m convert.{family.name}', description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--src', required=True, help='original checkpoint (dir or file)')
+  p.add_argument(*family.src_flags, dest='src', required=True,
+                 help='original checkpoint (dir or file)')
   p.add_argument('--out', help='output directory')
   p.add_argument('--verify', metavar='DIR', help='dir with inputs.npz / outputs.npz')
   p.add_argument('--atol', type=float, default=None,

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from convert.cli import ConversionError, compare
+from convert.cli import compare_golden
 from lira_jax import param_io
 from lira_jax.models.internvl import InternVL
 
@@ -64,18 +64,4 @@ def predictions(model: InternVL, inputs: Mapping[str, np.ndarray]) -> dict[str, 
 
 
 def golden_errors(params, cfg, directory: pathlib.Path) -> dict[str, tuple[float, float]]:
-  directory = pathlib.Path(directory)
-  for name in ('inputs.npz', 'outputs.npz'):
-    if not (directory / name).is_file():
-      raise ConversionError(f'{directory / name} not found')
-  inputs, outputs = np.load(directory / 'inputs.npz'), np.load(directory / 'outputs.npz')
-  got = predictions(build_model(params, cfg), dict(inputs))
-  errors, unknown = {}, []
-  for name in outputs.files:
-    if name in got:
-      errors[name] = compare(got[name], outputs[name])
-    else:
-      unknown.append(name)
-  if unknown:
-    print(f'verify: not computed by this converter: {", ".join(unknown)}')
-  return errors
+  return compare_golden(directory, lambda inputs: predictions(build_model(params, cfg), inputs))

@@ -158,16 +158,8 @@ TOLERANCES = {r'.': 1e-5}
 
 FAMILY = cli.Family(name='lira', resolve_config=resolve_config, rules=rules, counts=counts,
                     target=target, verify=verify, skip=skip, open_sources=open_sources,
-                    tolerances=TOLERANCES)
-
-
-def main(argv=None) -> int:
-  """cli.main with --lira accepted as the name of --src."""
-  argv = sys.argv[1:] if argv is None else list(argv)
-  renamed = ['--src' if a == '--lira' else '--src=' + a[len('--lira='):]
-             if a.startswith('--lira=') else a for a in argv]
-  return cli.main(FAMILY, renamed)
+                    tolerances=TOLERANCES, src_flags=('--lira', '--src'))
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  sys.exit(cli.main(FAMILY))

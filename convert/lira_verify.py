@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from convert.cli import ConversionError, compare
+from convert.cli import compare_golden
 from lira_jax import param_io
 from lira_jax.models.sefe import SEFE, valid_query_slots
 from lira_jax.models.seg_projector import TextToVision
@@ -84,18 +84,4 @@ def predictions(model: LiraProjectors, inputs: Mapping[str, np.ndarray]) -> dict
 
 
 def golden_errors(params, cfg, directory: pathlib.Path) -> dict[str, tuple[float, float]]:
-  directory = pathlib.Path(directory)
-  for name in ('inputs.npz', 'outputs.npz'):
-    if not (directory / name).is_file():
-      raise ConversionError(f'{directory / name} not found')
-  inputs, outputs = np.load(directory / 'inputs.npz'), np.load(directory / 'outputs.npz')
-  got = predictions(build_model(params, cfg), dict(inputs))
-  errors, unknown = {}, []
-  for name in outputs.files:
-    if name in got:
-      errors[name] = compare(got[name], outputs[name])
-    else:
-      unknown.append(name)
-  if unknown:
-    print(f'verify: not computed by this converter: {", ".join(unknown)}')
-  return errors
+  return compare_golden(directory, lambda inputs: predictions(build_model(params, cfg), inputs))

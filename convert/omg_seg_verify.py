@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from convert.cli import ConversionError, compare
+from convert.cli import compare_golden
 from convert.omg_seg import CLS_EMBED_FROM_OV
 from lira_jax import param_io
 from lira_jax.models.omg_seg import OMGSeg
@@ -72,17 +72,4 @@ def predictions(model: OMGSeg, inputs: Mapping[str, np.ndarray], num_inputs: int
 
 
 def golden_errors(params, cfg, directory: pathlib.Path) -> dict[str, tuple[float, float]]:
-  directory = pathlib.Path(directory)
-  for name in ('inputs.npz', 'outputs.npz'):
-    if not (directory / name).is_file():
-      raise ConversionError(f'{directory / name} not found')
-  inputs, outputs = np.load(directory / 'inputs.npz'), np.load(directory / 'outputs.npz')
-  got = predictions(build_model(params, cfg), dict(inputs), len(cfg.head.in_channels))
-  errors, unknown = {}, []
-  for name in outputs.files:
-    if name in got:
-      errors[name] = compare(got[name], outputs[name])
-    else:
-      unknown.append(name)
-  print(f'verify: not compared (not computed by this converter): {", ".join(unknown) or "none"}')
-  return errors
+  return compare_golden(directory, lambda inputs: predictions(build_model(params, cfg), inputs, len(cfg.head.in_channels)))

@@ -1,26 +1,18 @@
 """InternVL2 conversion: golden parity, strict accounting, real-size header checks, export."""
-import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import lira_jax  # noqa: F401
 from convert import internvl2, keymap
-from convert.safetensors_io import CheckpointReader, write_safetensors, write_sparse_checkpoint
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from convert.safetensors_io import CheckpointReader, write_safetensors
+from tests import convert_helpers
 
 
 def run_cli(*args):
-  env = dict(os.environ, PYTHONPATH=str(ROOT))
-  proc = subprocess.run([sys.executable, '-m', 'convert.internvl2', *map(str, args)], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=600)
-  return proc.returncode, proc.stdout + proc.stderr
+  return convert_helpers.run_cli('internvl2', *args)
 
 
 @pytest.fixture(scope='module')
@@ -52,12 +44,8 @@ def test_export_round_trip_is_bit_identical(converted, golden, tmp_path):
   assert code == 0, log
   code, log = run_cli('--export', '--src', out, '--out', tmp_path)
   assert code == 0, log
-  orig, back = CheckpointReader(golden / 'model.safetensors'), CheckpointReader(
-      tmp_path / 'model.safetensors')
-  assert sorted(orig.keys()) == sorted(back.keys())
-  for k in orig.keys():
-    a, b = orig.get(k), back.get(k)
-    assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), k
+  convert_helpers.assert_bit_identical(CheckpointReader(golden / 'model.safetensors'),
+                                       CheckpointReader(tmp_path / 'model.safetensors'))
 
 
 def _corrupt_copy(golden: pathlib.Path, dst: pathlib.Path):
@@ -105,32 +93,12 @@ def test_wqkv_grouped_split_round_trip():
   np.testing.assert_array_equal(back, w)
 
 
-_DTYPE = {'bfloat16': 'BF16', 'float32': 'F32', 'float16': 'F16'}
-
-
-def _sparse_from_manifest(manifest: pathlib.Path, dst: pathlib.Path, shards: int = 1):
-  tensors = json.loads(manifest.read_text())['tensors']
-  shapes = {k: (v['shape'], _DTYPE[v['dtype']]) for k, v in tensors.items()}
-  dst.mkdir(parents=True)
-  if shards == 1:
-    write_sparse_checkpoint(dst / 'model.safetensors', shapes)
-    return
-  names = list(shapes)
-  weight_map = {}
-  for s in range(shards):
-    fname = f'model-{s + 1:05d}-of-{shards:05d}.safetensors'
-    part = names[s::shards]
-    write_sparse_checkpoint(dst / fname, {k: shapes[k] for k in part})
-    weight_map.update({k: fname for k in part})
-  (dst / 'model.safetensors.index.json').write_text(json.dumps({'weight_map': weight_map}))
-
-
 @pytest.mark.parametrize('name,shards', [('internvl2_1b', 1), ('internvl2_2b', 1),
                                          ('internvl2_8b', 4)])
 def test_real_size_check_from_manifest(shared_dir, tmp_path, name, shards):
-  src = tmp_path / name
-  _sparse_from_manifest(pathlib.Path(shared_dir) / 'golden' / 'manifests' / f'{name}.json', src,
-                        shards)
+  manifest = pathlib.Path(shared_dir) / 'golden' / 'manifests' / f'{name}.json'
+  src = convert_helpers.sparse_from_manifest(
+      manifest, tmp_path / (name if shards > 1 else f'{name}.safetensors'), shards=shards)
   code, log = run_cli('--src', src, '--check', '--config', f'configs/{name}.py')
   assert code == 0, log
   assert 'accounting OK' in log
@@ -139,9 +107,9 @@ def test_real_size_check_from_manifest(shared_dir, tmp_path, name, shards):
 
 def test_check_catches_wrong_config(shared_dir, tmp_path):
   """The 2B checkpoint headers against the 8B config must fail loudly, by name."""
-  src = tmp_path / 'internvl2_2b'
-  _sparse_from_manifest(pathlib.Path(shared_dir) / 'golden' / 'manifests' / 'internvl2_2b.json',
-                        src)
+  src = convert_helpers.sparse_from_manifest(
+      pathlib.Path(shared_dir) / 'golden' / 'manifests' / 'internvl2_2b.json',
+      tmp_path / 'internvl2_2b.safetensors')
   code, log = run_cli('--src', src, '--check', '--config', 'configs/internvl2_8b.py')
   assert code != 0
   assert 'SHAPE mismatch: language_model.model.tok_embeddings.weight -> llm.embed.embedding' in log

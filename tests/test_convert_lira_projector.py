@@ -2,21 +2,17 @@
 ProjectorModel_OMG_LLaVA + projector_text2vision outputs), strict accounting and verification on
 corrupted copies, the .pth route, the export round trip, and real-size key sets from the
 manifests."""
-import contextlib
-import io
 import json
-import os
 import pathlib
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 import lira_jax  # noqa: F401
+from tests import convert_helpers
 from convert import lira
 from convert.safetensors_io import CheckpointReader, write_safetensors, write_sparse_checkpoint
 
@@ -26,19 +22,11 @@ ROW = re.compile(r'^(\S+)\s+([0-9.e+-]+)\s+([0-9.e+-]+)')
 
 
 def run_cli(*args):
-  """The command as a user runs it (a fresh process)."""
-  env = dict(os.environ, PYTHONPATH=str(ROOT))
-  proc = subprocess.run([sys.executable, '-m', 'convert.lira', *map(str, args)], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
-  return proc.returncode, proc.stdout + proc.stderr
+  return convert_helpers.run_cli('lira', *args)
 
 
 def run_main(*args):
-  """The same CLI in this process (no interpreter and JAX start-up per call)."""
-  buf = io.StringIO()
-  with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-    code = lira.main([str(a) for a in args])
-  return code, buf.getvalue()
+  return convert_helpers.run_main(lira.FAMILY, *args)
 
 
 def verified_errors(log: str) -> dict[str, float]:

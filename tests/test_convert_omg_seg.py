@@ -1,15 +1,9 @@
 """OMG-Seg conversion: golden head parity (original mmdet head), strict accounting, the --ov-embed
 buffer, backbone tables vs transformers' ConvNextModel (both source namings), real-size header
 checks from the manifests, export round trips."""
-import contextlib
-import io
-import json
-import os
 import pathlib
 import re
 import shutil
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -17,10 +11,11 @@ import pytest
 from flax import nnx
 
 import lira_jax  # noqa: F401
+from tests import convert_helpers
 from configs import omg_seg as omg_seg_config
 from convert import cli, keymap, omg_seg
 from convert.pth_io import open_checkpoint
-from convert.safetensors_io import CheckpointReader, write_safetensors, write_sparse_checkpoint
+from convert.safetensors_io import CheckpointReader, write_safetensors
 from lira_jax import param_io
 from lira_jax.models.omg_seg import OMGSeg
 
@@ -28,19 +23,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args):
-  """The command as a user runs it (a fresh process)."""
-  env = dict(os.environ, PYTHONPATH=str(ROOT))
-  proc = subprocess.run([sys.executable, '-m', 'convert.omg_seg', *map(str, args)], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=600)
-  return proc.returncode, proc.stdout + proc.stderr
+  return convert_helpers.run_cli('omg_seg', *args)
 
 
 def run_main(*args):
-  """The same CLI in this process (no interpreter and JAX start-up per call)."""
-  buf = io.StringIO()
-  with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-    code = cli.main(omg_seg.FAMILY, [str(a) for a in args])
-  return code, buf.getvalue()
+  return convert_helpers.run_main(omg_seg.FAMILY, *args)
 
 
 def _readme_atol(name: str, reference: np.ndarray) -> float:
@@ -83,10 +70,7 @@ def test_export_round_trip_is_bit_identical(converted, golden, tmp_path):
   assert code == 0, log
   orig, back = open_checkpoint(golden / 'omg_seg.pth'), CheckpointReader(
       tmp_path / 'model.safetensors')
-  assert sorted(orig.keys()) == sorted(back.keys())
-  for k in orig.keys():
-    a, b = orig.get(k), back.get(k)
-    assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), k
+  convert_helpers.assert_bit_identical(orig, back)
 
 
 def _save_pth(path, tensors):
@@ -285,23 +269,16 @@ def test_assembled_pixel_path_on_pixels(golden, tmp_path):
 
 
 # ------------------------------------------------------------------------- real sizes
-_DTYPE = {'bfloat16': 'BF16', 'float32': 'F32', 'float16': 'F16'}
-
-
-def _sparse_from_manifest(manifest: pathlib.Path, dst: pathlib.Path, keep=lambda k: True):
-  tensors = json.loads(manifest.read_text())['tensors']
-  write_sparse_checkpoint(dst, {k: (v['shape'], _DTYPE[v['dtype']]) for k, v in tensors.items()
-                                if keep(k)})
 
 
 @pytest.fixture(scope='module')
 def real_sources(shared_dir, tmp_path_factory):
   d = tmp_path_factory.mktemp('real')
   manifests = pathlib.Path(shared_dir) / 'golden' / 'manifests'
-  _sparse_from_manifest(manifests / 'omg_seg_convl_pth.json', d / 'omg.safetensors')
-  _sparse_from_manifest(manifests / 'omg_seg_convl_pth.json', d / 'head.safetensors',
+  convert_helpers.sparse_from_manifest(manifests / 'omg_seg_convl_pth.json', d / 'omg.safetensors')
+  convert_helpers.sparse_from_manifest(manifests / 'omg_seg_convl_pth.json', d / 'head.safetensors',
                         lambda k: k.startswith('panoptic_head.'))
-  _sparse_from_manifest(manifests / 'clip_convnext_large_d_320.json', d / 'clip.safetensors')
+  convert_helpers.sparse_from_manifest(manifests / 'clip_convnext_large_d_320.json', d / 'clip.safetensors')
   return d
 
 

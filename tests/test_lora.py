@@ -5,7 +5,6 @@ import lira_jax  # noqa: F401  (first: disables eager sharding)
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
 from configs.common import llm_config

@@ -9,7 +9,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 import lira_jax  # noqa: F401
 from configs import common
-from lira_jax import param_io, sharding
+from lira_jax import sharding
 from lira_jax.models.internvl import InternVL
 
 
