@@ -1,0 +1,118 @@
+"""The assembled LIRA model: encode the image both ways, fuse (SEFE), splice the multimodal
+sequence, run the LLM, and decode every [SEG] hidden state to a mask with the frozen OMG-Seg
+decoder. GSVA's [REJ] targets take a [SEG] slot but produce no mask.
+
+Axis letters: B batch, T tiles per image (buffer), R ILVC region slots, Lt text buffer, L packed
+sequence buffer, M [SEG]/[REJ] slots per sample, K target masks per sample, H LLM hidden,
+S OMG-Seg input side, s tile side.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from lira_jax import sequence
+from lira_jax.models.intern_vit import SemanticEncoder
+from lira_jax.models.llm import LLM
+from lira_jax.models.omg_seg import OMGSeg
+from lira_jax.models.sefe import SEFE
+from lira_jax.models.seg_projector import TextToVision
+
+
+@struct.dataclass
+class LiraOutputs:
+  """logits f32[B, L, V]; plan: the packed-sequence layout (labels, [SEG] slots, ...);
+  seg_mask_logits f32[P, B·M, h, w] ([SEG] decoding, P prediction steps; zeros on slots that are
+  padding or [REJ]); seg_valid bool[B·M] (slots that were decoded to a mask); hidden
+  f32[B, L, H] final-normed LLM states; query_feat f32[B, Q, 2C] the OMG query vectors g and
+  query_keep bool[B, Q] the queries that do not own every prior cell (stage-1 projection loss)."""
+  logits: jax.Array
+  plan: sequence.SequencePlan
+  seg_mask_logits: jax.Array
+  seg_valid: jax.Array
+  hidden: jax.Array
+  query_feat: jax.Array
+  query_keep: jax.Array
+
+
+class LIRA(nnx.Module):
+  """Param tree: vision (InternViT + mlp1), llm, omg (ConvNeXt + OMG-Seg head), projector
+  (SEFE), text2vision ([SEG] projector). cfg: a configs/lira_*.py config."""
+
+  def __init__(self, cfg, *, rngs: nnx.Rngs, with_backbone: bool = True):
+    m = cfg.model
+    dtype, param_dtype = jnp.dtype(m.dtype), jnp.dtype(m.param_dtype)
+    mods = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    h = m.llm.hidden_size
+    self.vision = SemanticEncoder(m.vision, m.projector, h, remat_policy=m.remat_policy, **mods)
+    self.llm = LLM(m.llm, remat_policy=m.remat_policy, **mods)
+    # The pixel path is frozen and numerically sensitive (hard thresholds): always float32.
+    self.omg = OMGSeg(m.omg, with_backbone=with_backbone, rngs=rngs)
+    self.projector = SEFE(m.sefe, h, **mods)
+    self.text2vision = TextToVision(h, m.text2vision.out_dim, **mods)
+    self.stage = int(cfg.stage)
+    self.tokens = dict(cfg.tokens)
+    self.max_len, self.max_seg = int(cfg.seq.max_len), int(cfg.seq.max_seg)
+    self.max_queries = int(cfg.seq.max_queries)
+    grid = m.vision.image_size // m.vision.patch_size
+    self.tokens_per_tile = int(round(grid * m.projector.downsample_ratio) ** 2)
+
+  def encode_tiles(self, tiles: jax.Array) -> jax.Array:
+    """tiles f32[B, T, s, s, 3] -> frozen semantic tokens f32[B, T·N, H] (tile-major)."""
+    b, t = tiles.shape[:2]
+    feats = self.vision(tiles.reshape(b * t, *tiles.shape[2:]))
+    return jax.lax.stop_gradient(feats.reshape(b, t * feats.shape[1], feats.shape[2]))
+
+  def __call__(self, batch: dict, *, pixel_feats=None) -> LiraOutputs:
+    """batch: pixels f32[B, S, S, 3], tiles f32[B, T, s, s, 3], tile_valid bool[B, T],
+    regions f32[B, R, s, s, 3], region_valid bool[B, R], ids / labels i32[B, Lt] (with
+    sequence.IMAGE_TOKEN_INDEX sentinels), text_valid bool[B, Lt].
+    pixel_feats: optional precomputed backbone maps (to run without a ConvNeXt)."""
+    omg = (self.omg(batch['pixels'], max_valid=self.max_queries) if pixel_feats is None else
+           self.omg.from_features(pixel_feats, max_valid=self.max_queries))
+    omg = jax.lax.stop_gradient(omg)
+    prior = omg.prior
+    if self.stage == 1:  # stage 1 feeds no InternVL tokens (onlyomg_pretrain)
+      semantic, semantic_valid = None, None
+    else:
+      semantic = self.encode_tiles(batch['tiles'])
+      semantic_valid = jnp.repeat(batch['tile_valid'], self.tokens_per_tile, axis=1)
+    visual = self.projector(omg.clip_feature, prior.query_pos_feat, prior.valid, semantic,
+                            semantic_valid, max_queries=self.max_queries)
+    regions = batch['regions']
+    b, r = regions.shape[:2]
+    region_tokens = self.encode_tiles(regions).reshape(b, r, self.tokens_per_tile, -1)
+
+    plan = sequence.plan_sequence(
+        batch['ids'], batch['labels'], batch['text_valid'], visual.valid, batch['region_valid'],
+        region_tokens=self.tokens_per_tile, max_len=self.max_len, max_seg=self.max_seg,
+        tokens=self.tokens)
+    text_embeds = self.llm.embed_tokens(sequence.text_embed_ids(batch['ids']))
+    embeds = sequence.gather_sequence(plan, text_embeds, visual.tokens, region_tokens)
+    out = self.llm(embeds, plan.valid, return_hidden_states=True)
+
+    # [SEG] hidden states (final-normed, where the input token is [SEG]) -> OMG-Seg queries.
+    hidden = jnp.take_along_axis(out['last_hidden'], plan.seg_index[..., None], axis=1)
+    seg_valid = (plan.seg_valid & ~plan.seg_is_rej).reshape(-1)
+    queries = self.text2vision(hidden).reshape(b * self.max_seg, -1).astype(jnp.float32)
+    image_index = jnp.repeat(jnp.arange(b, dtype=jnp.int32), self.max_seg)
+    seg = self.omg.forward_seg(queries, image_index, seg_valid, omg.mask_features, omg.memories)
+    return LiraOutputs(logits=out['logits'], plan=plan, seg_mask_logits=seg.mask_logits,
+                       seg_valid=seg_valid, hidden=out['last_hidden'],
+                       query_feat=prior.query_pos_feat,
+                       query_keep=prior.attention_mask.sum(-1) > 0)
+
+  def reproject_queries(self, query_feat: jax.Array) -> jax.Array:
+    """Stage-1 projection path g -> query_proj -> model -> text2vision: f32[..., 2C] -> [..., 2C]
+    (trained to be the identity, so [SEG] states land in OMG query space)."""
+    return self.text2vision(self.projector.query_tokens(query_feat))
+
+
+def seg_targets(plan: sequence.SequencePlan, gt_masks: jax.Array) -> jax.Array:
+  """The target mask of every [SEG] slot: gt_masks f32[B, K, Hg, Wg] -> f32[B·M, Hg, Wg]
+  (each target's mask serves both [SEG]s of its ILVC pair)."""
+  index = jnp.clip(plan.seg_target, 0, gt_masks.shape[1] - 1)
+  picked = jnp.take_along_axis(gt_masks, index[:, :, None, None], axis=1)
+  return picked.reshape(-1, *gt_masks.shape[2:])
+

@@ -1,0 +1,72 @@
+"""Optimiser and a jitted train step over the trainable selection only (the rest is frozen).
+
+The full sharded trainer (gradient accumulation, checkpoints, metrics) builds on these.
+"""
+from __future__ import annotations
+
+import optax
+from flax import nnx
+
+from lira_jax.nn import lora
+from lira_jax.train.objective import lira_loss
+
+
+def trainable_filter(cfg):
+  """nnx filter of the Params that train in this stage (cfg.trainable regexes)."""
+  return lora.path_filter(cfg.trainable)
+
+
+def add_lora(model: nnx.Module, cfg, rngs: nnx.Rngs) -> list[str]:
+  """Wraps the LLM linears named by cfg.lora (stage 2); returns the wrapped paths."""
+  if not cfg.lora.rank:
+    return []
+  return lora.apply_lora(model, rank=cfg.lora.rank, alpha=cfg.lora.alpha,
+                         dropout=cfg.lora.dropout, target_pattern=cfg.lora.target_pattern,
+                         rngs=rngs)
+
+
+def make_optimizer(model: nnx.Module, cfg, total_steps: int, lr: float | None = None
+                   ) -> nnx.Optimizer:
+  """AdamW (released betas / weight decay), max-norm clipping, linear warmup from
+  warmup_start_factor then cosine to 0, over the trainable params only."""
+  o = cfg.optim
+  peak = o.lr if lr is None else lr
+  warmup = max(1, int(total_steps * o.warmup_ratio))
+  schedule = optax.join_schedules(
+      [optax.linear_schedule(peak * o.warmup_start_factor, peak, warmup),
+       optax.cosine_decay_schedule(peak, max(1, total_steps - warmup))], [warmup])
+  tx = optax.chain(optax.clip_by_global_norm(o.clip_norm),
+                   optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+  return nnx.Optimizer(model, tx, wrt=trainable_filter(cfg))
+
+
+def make_train_step(cfg):
+  """step(model, optimizer, batch, rng) -> (loss, logged parts); updates in place."""
+  diff = nnx.DiffState(0, trainable_filter(cfg))
+
+  @nnx.jit
+  def step(model, optimizer, batch, rng):
+    def loss_fn(m):
+      return lira_loss(m, batch, rng, cfg.loss)
+
+    (loss, parts), grads = nnx.value_and_grad(loss_fn, argnums=diff, has_aux=True)(model)
+    optimizer.update(model, grads)
+    parts['grad_norm'] = optax.global_norm(grads)
+    return loss, parts
+
+  return step
+
+
+def loss_and_grads(cfg):
+  """Jitted (loss, parts, grads w.r.t. the trainable selection) for inspection and tests."""
+  diff = nnx.DiffState(0, trainable_filter(cfg))
+
+  @nnx.jit
+  def fn(model, batch, rng):
+    (loss, parts), grads = nnx.value_and_grad(
+        lambda m: lira_loss(m, batch, rng, cfg.loss), argnums=diff, has_aux=True)(model)
+    return loss, parts, grads
+
+  return fn
+
+
