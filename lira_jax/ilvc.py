@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 import lira_jax  # noqa: F401  (project convention: imported first everywhere)
-from lira_jax.data.tiling import IMAGENET_MEAN, IMAGENET_STD, tiles_to_array
+from lira_jax.data.tiling import IMAGENET_MEAN, IMAGENET_STD, resize_bicubic, tiles_to_array
 from lira_jax.lira_tokens import ILVC_PHRASE, P_END, P_START, SEG
 from lira_jax.sequence import IMAGE_TOKEN_INDEX
 
@@ -75,21 +75,10 @@ def region_image(image: Image.Image, mask: np.ndarray) -> Image.Image:
   return Image.fromarray(out)
 
 
-def resize_released(image: Image.Image, size: int = REGION_SIZE) -> Image.Image:
-  """PIL bicubic resize to size x size in the pass order of the reference's Pillow 10.2.
-
-  Pillow resamples horizontally, rounds to uint8, then vertically. Newer Pillow (13) runs the
-  vertical pass first when the height shrinks much more than the width, which moves many pixels
-  by a few levels; two single-axis calls pin the original order on any Pillow version.
-  """
-  return image.resize((size, image.height), Image.Resampling.BICUBIC).resize(
-      (size, size), Image.Resampling.BICUBIC)
-
-
 def region_tile(image: Image.Image, mask: np.ndarray) -> np.ndarray:
   """Host, exact: f32[448, 448, 3] ImageNet-normalised tile of the local image (the one tile
   dynamic_preprocess(min = max = 1) makes: a plain resize of the whole crop)."""
-  return tiles_to_array([resize_released(region_image(image, mask))])[0]
+  return tiles_to_array([resize_bicubic(region_image(image, mask), (REGION_SIZE, REGION_SIZE))])[0]
 
 
 def _bicubic(t: jax.Array) -> jax.Array:

@@ -70,22 +70,35 @@ def dynamic_preprocess(image: Image.Image, *, image_size: int = 448, min_tiles: 
                        max_tiles: int = 12, use_thumbnail: bool = True) -> list[Image.Image]:
   """Tiles of `image`: cols * rows crops of image_size², row-major, then the thumbnail if any.
 
-  Resizes use PIL bicubic (Pillow's default for RGB, which the original relies on). The number of
-  returned tiles is cols * rows + 1 when use_thumbnail and cols * rows > 1, else cols * rows.
+  Resizes use PIL bicubic (Pillow's default for RGB, which the original relies on) in the pass
+  order of the reference's Pillow (see `resize_bicubic`). The number of returned tiles is
+  cols * rows + 1 when use_thumbnail and cols * rows > 1, else cols * rows.
   """
   if image.mode != 'RGB':
     image = image.convert('RGB')
   width, height = image.size
   cols, rows = find_closest_aspect_ratio(width, height, target_ratios(min_tiles, max_tiles),
                                          image_size)
-  resized = image.resize((cols * image_size, rows * image_size), Image.Resampling.BICUBIC)
+  resized = resize_bicubic(image, (cols * image_size, rows * image_size))
   tiles = []
   for k in range(cols * rows):
     x0, y0 = (k % cols) * image_size, (k // cols) * image_size
     tiles.append(resized.crop((x0, y0, x0 + image_size, y0 + image_size)))
   if use_thumbnail and len(tiles) > 1:
-    tiles.append(image.resize((image_size, image_size), Image.Resampling.BICUBIC))
+    tiles.append(resize_bicubic(image, (image_size, image_size)))
   return tiles
+
+
+def resize_bicubic(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+  """PIL bicubic resize to size = (width, height) in the pass order of the reference's Pillow 10.2.
+
+  Pillow resamples horizontally, rounds to uint8, then vertically. Newer Pillow (13) runs the
+  vertical pass first when the height shrinks much more than the width, which moves many pixels
+  by a few levels; two single-axis calls pin the original order on any Pillow version.
+  """
+  width, height = size
+  return image.resize((width, image.height), Image.Resampling.BICUBIC).resize(
+      (width, height), Image.Resampling.BICUBIC)
 
 
 def tiles_to_array(tiles: Sequence[Image.Image]) -> np.ndarray:
