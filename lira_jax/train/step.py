@@ -51,7 +51,7 @@ def make_train_step(cfg):
 
     (loss, parts), grads = nnx.value_and_grad(loss_fn, argnums=diff, has_aux=True)(model)
     optimizer.update(model, grads)
-    parts['grad_norm'] = optax.global_norm(grads)
+    parts['grad_norm'] = optax.tree.norm(grads)
     return loss, parts
 
   return step
