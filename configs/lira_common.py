@@ -59,7 +59,7 @@ def lira_config(base: ml_collections.ConfigDict, *, tiny: bool, stage: int, lora
       text_weight=1.0, dice_weight=0.5, bce_weight=2.0, num_points=12544 if not tiny else 256,
       oversample_ratio=3.0, importance_sample_ratio=0.75, proj_weight=10.0, dice_eps=1.0))
   c.lora = ml_collections.ConfigDict(dict(
-      rank=lora_rank if stage == 2 else 0, alpha=lora_alpha if stage == 2 else 0.0,
+      rank=lora_rank if stage == 2 else 0, alpha=float(lora_alpha) if stage == 2 else 0.0,
       dropout=0.05, target_pattern=LLM_LINEARS))
   # Trainable selection (regexes over dotted param paths), lira_reference.md §11.
   if stage == 1:

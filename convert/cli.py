@@ -47,6 +47,10 @@ class Family:
   export_name: str = 'model.safetensors'
   # Extra source flags beyond --src: {flag: help}; `open_sources` merges them into one reader.
   extra_sources: dict[str, str] = dataclasses.field(default_factory=dict)
+  # Boolean options ({flag: help}) handed to `open_sources` like the extra sources.
+  extra_switches: dict[str, str] = dataclasses.field(default_factory=dict)
+  # (params, config) -> (params, config) after the strict table conversion (e.g. LoRA merging).
+  finalize: Callable | None = None
   src_flags: tuple[str, ...] = ('--src',)  # names of the main source flag (first is canonical)
   open_sources: Callable[..., object] | None = None
   # Per-array verify tolerances {regex on the array name: atol}, first match wins; arrays no
@@ -103,6 +107,8 @@ def convert(family: Family, src, out, *, config_override=None, dtype='float32', 
   with tqdm(total=len(instances), desc=f'converting {family.name}', unit='tensor',
             file=sys.stderr) as bar:
     params = keymap.execute(instances, reader.get, target, progress=bar)
+  if family.finalize is not None:
+    params, cfg = family.finalize(params, cfg)
   out.parent.mkdir(parents=True, exist_ok=True)
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
   try:
@@ -200,9 +206,11 @@ def main(family: Family, argv=None) -> int:
   p.add_argument('--force', action='store_true', help='replace a non-empty --out')
   for flag, help_text in family.extra_sources.items():
     p.add_argument(f'--{flag}', help=help_text)
+  for flag, help_text in family.extra_switches.items():
+    p.add_argument(f'--{flag}', action='store_true', help=help_text)
   args = p.parse_args(argv)
   extra = {flag.replace('-', '_'): getattr(args, flag.replace('-', '_'))
-           for flag in family.extra_sources}
+           for flag in (*family.extra_sources, *family.extra_switches)}
   override = config_lib.load_config(args.config) if args.config else None
   try:
     if args.export:
@@ -222,6 +230,8 @@ def main(family: Family, argv=None) -> int:
       if not report.ok:
         raise ConversionError('accounting failed; nothing to verify')
       params = keymap.execute(instances, reader.get, target)
+      if family.finalize is not None:
+        params, cfg = family.finalize(params, cfg)
     else:
       p.error('give --out, --check, --verify or --export')
     if args.verify:

@@ -1,18 +1,26 @@
 """LIRA checkpoints (the `.pth` files released with echo840/LIRA) <-> lira_jax params.
 
+  python -m convert.lira --internvl InternVL2-2B/ --omg-seg omg_seg_convl.pth [--clip CLIP.bin]
+      [--ov-embed OV.pth] --lira LIRA-2B.pth --config configs/lira_2b.py --out OUT [--merge-lora]
   python -m convert.lira --lira LIRA.pth|model.safetensors --verify DIR [--out OUT]
   python -m convert.lira --lira LIRA-2B.pth --check --config configs/lira_2b.py
 
 --lira is this family's primary source: the shared CLI's --src (convert/cli.py), under either
 name. Every other flag is the shared one (--out, --verify, --check, --config, --export, ...).
 
-Converted now: the projector part of a LIRA file,
+Full model (--internvl given): the InternVL2 base (convert.internvl2 tables) with its embedding
+and LM head superseded by the LIRA file's trained full matrices, the OMG-Seg head and backbone
+(convert.omg_seg tables), and from the LIRA file
+  llm.base_model.model.*     LoRA A/B of wqkv/wo/w1/w2/w3/output, tok_embeddings, output.base_layer
   projector.model.*          visual projector + SEFE cross attention  -> projector.*
   projector_text2vision.*    [SEG] -> OMG-Seg query projector         -> text2vision.*
-at the param paths they have inside the full LIRA model. The file's LLM entries (`llm.*`: LoRA
-A/B, the resized tok_embeddings and output) are skipped by name and reported. The full
-conversion adds the InternVL2 / OMG-Seg / CLIP sources (merged into one reader by
-`open_sources`) and their key tables (convert.internvl2, convert.omg_seg) to `rules`.
+The fused InternLM2 `wqkv` adapter becomes three adapters on wq/wk/wv with A copied and B split
+by KV group (exact: B·A split by rows). Rows for tokens the config adds beyond the file ([REJ])
+are appended: embedding and LM-head rows by the mean of the old rows, LoRA B columns as zeros (the
+rule the released eval scripts use when padding). --merge-lora folds W + (alpha/r) A B.
+
+Projector only (no --internvl): the projector part alone; the file's `llm.*` entries are skipped
+by name and reported.
 
 Config: --config (a LIRA config, configs/lira_*.py), else a golden-style config.json beside the
 file (../shared/golden/README.md, lira_projector_tiny), else an error.
@@ -25,9 +33,15 @@ import sys
 
 import ml_collections
 
-from convert import cli, keymap
-from convert.keymap import LINEAR, r, split_rows
-from convert.pth_io import open_checkpoint
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from convert import cli, internvl2, keymap, omg_seg
+from convert import omg_seg as omg_seg_module
+from convert.keymap import LINEAR, Transform, r, split_rows
+from convert.pth_io import MergedReader, open_checkpoint
+from convert.safetensors_io import CheckpointReader
 
 PROJECTOR_SRC, PROJECTOR_DST = 'projector.model.', 'projector.'
 TEXT2VISION_SRC, TEXT2VISION_DST = 'projector_text2vision.model', 'text2vision'
@@ -76,27 +90,147 @@ def text2vision_rules(cfg, src=TEXT2VISION_SRC, dst=TEXT2VISION_DST) -> list[key
   return _sequential(src, dst, 2)
 
 
+def append_rows(new_rows: int, fill: str, transpose: bool) -> Transform:
+  """f32[V0, D] -> [V0 + new_rows, D] (transposed to [D, V] when `transpose`): rows for tokens the
+  config adds beyond the file, as the mean of the old rows ('mean') or zeros ('zeros')."""
+
+  def forward(w):
+    xp = jnp if isinstance(w, jax.Array) else np
+    extra = (xp.broadcast_to(w.mean(0, keepdims=True), (new_rows, w.shape[1])) if fill == 'mean'
+             else xp.zeros((new_rows, w.shape[1]), w.dtype))
+    out = xp.concatenate([w, extra.astype(w.dtype)], axis=0)
+    return (out.T if transpose else out,)
+
+  def backward(y):
+    y = y.T if transpose else y
+    return (y[:y.shape[0] - new_rows],)
+
+  return Transform(f'append_rows({new_rows},{fill},{"T" if transpose else ""})', forward, backward)
+
+
+def _copies(n: int) -> Transform:
+  """torch lora_A f32[r, in] -> n identical adapters' lora_a [in, r] (a fused adapter split).
+  Export needs them identical (adapters trained separately have no fused equivalent)."""
+
+  def backward(*a):
+    if any(not np.array_equal(a[0], x) for x in a[1:]):
+      raise ValueError('wq/wk/wv LoRA A differ: not expressible as one fused wqkv adapter')
+    return (a[0].T,)
+
+  return Transform(f'copy{n}_linear', lambda a: (a.T,) * n, backward)
+
+
+LIRA_LLM = 'llm.base_model.model.'
+
+
+def lira_llm_rules(cfg, file_vocab: int) -> list[keymap.Rule]:
+  """The LIRA file's LLM part (InternLM2 naming under peft) -> LoRA-wrapped llm.* params."""
+  llm = cfg.model.llm
+  if llm.family != 'internlm2':
+    raise ValueError('released LIRA checkpoints are InternLM2-based; no table for '
+                     f'{llm.family!r}')
+  new = llm.vocab_size - file_vocab
+  if new < 0:
+    raise ValueError(f'config vocabulary {llm.vocab_size} is smaller than the file\'s {file_vocab}')
+  src, layer, t = LIRA_LLM, LIRA_LLM + 'model.layers.{i}.', 'llm.layers.'
+  ab = '.lora_A.default.weight', '.lora_B.default.weight'
+  rules = [r(src + 'model.tok_embeddings.weight', 'llm.embed.embedding',
+             append_rows(new, 'mean', transpose=False)),
+           r(src + 'output.base_layer.weight', 'llm.lm_head.kernel',
+             append_rows(new, 'mean', transpose=True))]
+  if not cfg.lora.rank:
+    return rules
+  wqkv = internvl2.internlm2_wqkv(llm.num_heads, llm.num_kv_heads, llm.head_dim)
+  rules += [r(layer + 'attention.wqkv' + ab[0], tuple(f'{t}{p}.lora_a' for p in ('wq', 'wk', 'wv')),
+              _copies(3), repeat='llm_layers'),
+            r(layer + 'attention.wqkv' + ab[1], tuple(f'{t}{p}.lora_b' for p in ('wq', 'wk', 'wv')),
+              wqkv, repeat='llm_layers')]
+  for name, dst in (('attention.wo', 'wo'), ('feed_forward.w1', 'w1'),
+                    ('feed_forward.w3', 'w3'), ('feed_forward.w2', 'w2')):
+    rules += [r(layer + name + ab[0], f'{t}{dst}.lora_a', LINEAR, repeat='llm_layers'),
+              r(layer + name + ab[1], f'{t}{dst}.lora_b', LINEAR, repeat='llm_layers')]
+  return rules + [r(src + 'output' + ab[0], 'llm.lm_head.lora_a', LINEAR),
+                  r(src + 'output' + ab[1], 'llm.lm_head.lora_b',
+                    append_rows(new, 'zeros', transpose=True))]
+
+
+def _omg_cfg(cfg):
+  """The omg_seg-family view (backbone, head, source) of a LIRA config."""
+  return ml_collections.ConfigDict(dict(backbone=cfg.model.omg.backbone, head=cfg.model.omg.head,
+                                        source=cfg.conversion.omg_source))
+
+
+def full_rules(cfg) -> list[keymap.Rule]:
+  superseded = ('llm.embed.embedding', 'llm.lm_head.kernel')
+  base_llm = [x for x in internvl2.llm_rules(cfg.model.llm) if x.dst[0] not in superseded]
+  omg = _omg_cfg(cfg)
+  out = internvl2.vision_rules() + base_llm
+  if omg.source.backbone != 'none':
+    out += omg_seg.backbone_rules(omg.backbone, omg.source.backbone, dst='omg.backbone.')
+  out += (omg_seg.pixel_decoder_rules(omg.head, dst='omg.pixel_decoder.')
+          + omg_seg.decoder_rules(omg.head, dst='omg.decoder.')
+          + [omg_seg.cls_embed_rule(omg, dst='omg.decoder.cls_embed')])
+  return (out + lira_llm_rules(cfg, cfg.conversion.file_vocab) + projector_rules(cfg)
+          + text2vision_rules(cfg))
+
+
 def rules(cfg) -> list[keymap.Rule]:
+  if cfg.get('conversion', {}).get('mode') == 'full':
+    return full_rules(cfg)
   return projector_rules(cfg) + text2vision_rules(cfg)
 
 
 def counts(cfg) -> dict[str, int]:
-  del cfg  # no stacked layers in the projector part
-  return {}
+  if cfg.get('conversion', {}).get('mode') != 'full':
+    return {}  # no stacked layers in the projector part
+  return {**internvl2.counts(cfg), **omg_seg.counts(_omg_cfg(cfg))}
 
 
 def skip(reader) -> dict[str, str]:
-  del reader
-  return {r'^llm\.': 'llm.* (LoRA A/B, resized tok_embeddings / output): not part of the '
-                     'projector-only conversion'}
+  if not any(k.startswith('vision_model.') for k in reader.keys()):
+    return {r'^llm\.': 'llm.* (LoRA A/B, resized tok_embeddings / output): not part of the '
+                       'projector-only conversion'}
+  return {r'^language_model\.(model\.tok_embeddings|output)\.weight$':
+              'InternVL2 embedding / LM head: superseded by the LIRA file\'s trained matrices',
+          **omg_seg.skip(reader)}
+
+
+def merge_lora_params(params: dict, cfg):
+  """--merge-lora: W <- W + (alpha / r) A B for every adapter; the adapters are dropped and the
+  saved config has LoRA off, so the converted model is a plain one."""
+  if cfg.get('conversion', {}).get('mode') != 'full' or not cfg.conversion.merge_lora:
+    return params, cfg
+  scale = cfg.lora.alpha / cfg.lora.rank
+  out = {k: v for k, v in params.items() if not k.endswith(('.lora_a', '.lora_b'))}
+  for key in params:
+    if key.endswith('.lora_a'):
+      base = key[:-len('lora_a')]
+      delta = np.matmul(params[key].astype(np.float32), params[base + 'lora_b'].astype(np.float32))
+      out[base + 'kernel'] = (params[base + 'kernel'].astype(np.float32)
+                              + scale * delta).astype(params[base + 'kernel'].dtype)
+  cfg.lora.rank, cfg.lora.alpha = 0, 0.0
+  cfg.conversion.merge_lora = False
+  return out, cfg
 
 
 # ---------------------------------------------------------------------------------------------
 # Sources and config.
 
-def open_sources(src):
-  """The LIRA file (.pth read weights-only, or safetensors) as the family's reader."""
-  return open_checkpoint(src)
+def open_sources(src, internvl=None, omg_seg=None, clip=None, ov_embed=None, merge_lora=False):
+  """The LIRA file (.pth read weights-only, or safetensors), plus for the full model the
+  InternVL2 directory, OMG-Seg checkpoint, CLIP checkpoint and OV file, as one reader."""
+  readers = [open_checkpoint(src)]
+  if internvl:
+    readers.append(CheckpointReader(internvl))
+  for path in (omg_seg, clip):
+    if path:
+      readers.append(open_checkpoint(path))
+  if ov_embed:
+    readers.append(omg_seg_module.SingleTensor(ov_embed, omg_seg_module.OV_KEY))
+  merged = MergedReader(readers)
+  merged.merge_lora = bool(merge_lora)
+  merged.internvl_dir = pathlib.Path(internvl) if internvl else None
+  return merged
 
 
 _GOLDEN_KEYS = {'llm_hidden_size', 'query_channels', 'clip_feat_channel', 'pixel_shuffle_ratio'}
@@ -127,8 +261,31 @@ def config_from_golden_json(raw: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(model=model))
 
 
+def _full_config(reader, override, log):
+  if override is None or 'omg' not in override.model:
+    raise FileNotFoundError('the full LIRA conversion needs --config configs/lira_2b.py '
+                            '(or lira_8b.py)[:stage2]')
+  cfg = ml_collections.ConfigDict(override.to_dict())
+  embed = LIRA_LLM + 'model.tok_embeddings.weight'
+  if embed not in reader.infos:
+    raise ValueError(f'the LIRA file has no {embed}: is it a stage-2 LIRA checkpoint?')
+  omg_view = ml_collections.ConfigDict(dict(backbone=cfg.model.omg.backbone,
+                                            head=cfg.model.omg.head))
+  omg_view = omg_seg.resolve_config(pathlib.Path('.'), reader, omg_view, log)
+  cfg.model.omg.head = omg_view.head
+  cfg.conversion = ml_collections.ConfigDict(dict(
+      mode='full', merge_lora=bool(getattr(reader, 'merge_lora', False)),
+      file_vocab=int(reader.infos[embed].shape[0]), omg_source=omg_view.source.to_dict()))
+  added = cfg.model.llm.vocab_size - cfg.conversion.file_vocab
+  log(f'vocabulary: {cfg.conversion.file_vocab} rows in the LIRA file, {cfg.model.llm.vocab_size} '
+      f'in the config: {added} row(s) appended (embedding and LM head: mean of the old rows; '
+      'LoRA B of the head: zeros)')
+  return cfg
+
+
 def resolve_config(src: pathlib.Path, reader, override, log=print):
-  del reader
+  if any(k.startswith('vision_model.') for k in reader.keys()):
+    return _full_config(reader, override, log)
   if override is not None:
     return override
   beside = (src if src.is_dir() else src.parent) / 'config.json'
@@ -145,7 +302,18 @@ def target(cfg):
   from flax import nnx
   from convert.lira_verify import LiraProjectors
   from lira_jax import param_io
-  return param_io.abstract_params(lambda: LiraProjectors(cfg.model, rngs=nnx.Rngs(0)))
+  if cfg.get('conversion', {}).get('mode') != 'full':
+    return param_io.abstract_params(lambda: LiraProjectors(cfg.model, rngs=nnx.Rngs(0)))
+  from lira_jax.models.lira import LIRA
+  from lira_jax.train.step import add_lora
+
+  def build():
+    model = LIRA(cfg, rngs=nnx.Rngs(0),
+                 with_backbone=cfg.conversion.omg_source.backbone != 'none')
+    add_lora(model, cfg, nnx.Rngs(1))
+    return model
+
+  return param_io.abstract_params(build)
 
 
 def verify(params, cfg, directory: pathlib.Path):
@@ -158,7 +326,13 @@ TOLERANCES = {r'.': 1e-5}
 
 FAMILY = cli.Family(name='lira', resolve_config=resolve_config, rules=rules, counts=counts,
                     target=target, verify=verify, skip=skip, open_sources=open_sources,
-                    tolerances=TOLERANCES, src_flags=('--lira', '--src'))
+                    tolerances=TOLERANCES, src_flags=('--lira', '--src'),
+                    finalize=merge_lora_params,
+                    extra_sources={'internvl': 'original InternVL2 directory (the base model)',
+                                   'omg-seg': 'omg_seg_convl.pth (OMG-Seg head [+ backbone])',
+                                   'clip': 'open_clip convnext_large_d_320 checkpoint',
+                                   'ov-embed': 'OV class-embedding file f32[K, P, D]'},
+                    extra_switches={'merge-lora': 'fold LoRA into the base weights'})
 
 
 if __name__ == '__main__':

@@ -206,7 +206,7 @@ def params_from_tensors(table, layer_counts, tensors, target_shapes, skip_patter
 # ---------------------------------------------------------------------------------------------
 # Sources and config.
 
-class _SingleTensor:
+class SingleTensor:
   """A file holding exactly one tensor, seen as the source key `name`."""
 
   def __init__(self, path, name: str):
@@ -230,7 +230,7 @@ def open_sources(src, clip=None, ov_embed=None):
   if clip:
     readers.append(open_checkpoint(clip))
   if ov_embed:
-    readers.append(_SingleTensor(ov_embed, OV_KEY))
+    readers.append(SingleTensor(ov_embed, OV_KEY))
   return MergedReader(readers)
 
 
