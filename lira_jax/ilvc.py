@@ -75,10 +75,10 @@ def region_image(image: Image.Image, mask: np.ndarray) -> Image.Image:
   return Image.fromarray(out)
 
 
-def region_tile(image: Image.Image, mask: np.ndarray) -> np.ndarray:
-  """Host, exact: f32[448, 448, 3] ImageNet-normalised tile of the local image (the one tile
-  dynamic_preprocess(min = max = 1) makes: a plain resize of the whole crop)."""
-  return tiles_to_array([resize_bicubic(region_image(image, mask), (REGION_SIZE, REGION_SIZE))])[0]
+def region_tile(image: Image.Image, mask: np.ndarray, size: int = REGION_SIZE) -> np.ndarray:
+  """Host, exact: f32[size, size, 3] ImageNet-normalised tile of the local image (the one tile
+  dynamic_preprocess(min = max = 1) makes: a plain resize of the whole crop; size 448 released)."""
+  return tiles_to_array([resize_bicubic(region_image(image, mask), (size, size))])[0]
 
 
 def _bicubic(t: jax.Array) -> jax.Array:

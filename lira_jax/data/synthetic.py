@@ -1,0 +1,397 @@
+"""The synthetic referring world: scenes of coloured shapes, generated on the fly from a seed, and
+the LIRA training samples asked about them.
+
+A scene is a noisy background with grey clutter strokes and 3-6 objects (shape, colour, size,
+position) drawn in order, later ones over earlier ones; an object's mask is its visible pixels,
+so masks are disjoint. Objects are re-drawn until each keeps most of its area visible.
+
+Expressions (all lower case) resolve on the objects' attributes, with the visible-mask centroid
+for relations and the visible area for size, and margins (`_MARGIN`, `_SIZE_RATIO`) so that no
+pair is borderline:
+  attribute    `the red circle`, `the circle`, `the red shape`
+  relational   `the red circle left of the blue square` (also right of, above, below)
+  superlative  `the largest triangle`, `the smallest red shape`
+  multi-target `all red shapes`, `all circles`, `all red circles` (mask = union)
+  no-target    `the green star` when there is none (an all-zero mask, answered with [REJ])
+Tasks: 'referring' (one expression, LIRA's ILVC answer), 'gres' (GSVA answer over 1..max_targets
+expressions, at least one present), 'gcg' (grounded caption of up to max_targets objects left to
+right), 'attr' (yes/no: is there a <colour> <shape>?) and 'vqa' (colour/shape/count).
+
+Sample i of split s uses the seed sequence (world_seed, split id, i): deterministic, and the
+splits never share a scene stream.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+import lira_jax  # noqa: F401  (project convention: imported first everywhere)
+from lira_jax import lira_tokens
+from lira_jax.data import pixel_preprocess, tiling
+from lira_jax.ilvc import region_slots, region_tile, strip_ilvc
+from lira_jax.sequence import encode_conversation, pad_batch
+from lira_jax.tokens import IMAGE_PLACEHOLDER, TEMPLATES
+
+COLOURS = {'red': (215, 40, 40), 'green': (40, 165, 60), 'blue': (45, 80, 215),
+           'yellow': (230, 205, 40), 'purple': (145, 60, 185), 'orange': (240, 135, 30)}
+SHAPES = ('circle', 'square', 'triangle', 'star', 'diamond')
+RELATIONS = ('left of', 'right of', 'above', 'below')
+SIDES = {'on the left': 'left', 'on the right': 'right', 'at the top': 'top',
+         'at the bottom': 'bottom'}
+NUMBERS = ('zero', 'one', 'two', 'three', 'four', 'five', 'six')
+SPLITS = {'train': 0, 'val': 1, 'test': 2}
+TASKS = ('referring', 'gres', 'gcg', 'attr', 'vqa')
+SYSTEM_MESSAGE = 'You are a helpful assistant.'
+VQA_SUFFIX = ' Answer the question using a single word or phrase.'
+GRES_QUESTION = 'Please segment {} in this image.'
+GCG_QUESTION = ('Please describe the image in detail. Please respond with interleaved '
+                'segmentation masks for the corresponding phrases.')
+_MARGIN = 0.06  # of the image side: relations and sides need at least this centroid gap
+_SIZE_RATIO = 1.3  # largest / smallest must beat the runner-up by this factor
+
+
+@dataclasses.dataclass(frozen=True)
+class Obj:
+  shape: str
+  colour: str
+  size: float  # radius in pixels
+  center: tuple[float, float]  # (y, x) where it was drawn
+  mask: np.ndarray  # bool[H, W] visible pixels
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+  image: np.ndarray  # u8[H, W, 3]
+  objects: tuple[Obj, ...]
+
+  def centroid(self, i: int) -> tuple[float, float]:
+    ys, xs = np.nonzero(self.objects[i].mask)
+    return float(ys.mean()), float(xs.mean())
+
+  def area(self, i: int) -> int:
+    return int(self.objects[i].mask.sum())
+
+
+def _rng(seed_or_rng) -> np.random.Generator:
+  return seed_or_rng if isinstance(seed_or_rng, np.random.Generator) else (
+      np.random.default_rng(seed_or_rng))
+
+
+def _polygon(shape: str, cy: float, cx: float, r: float, angle: float) -> list[tuple]:
+  if shape == 'star':
+    radii = [r if k % 2 == 0 else 0.45 * r for k in range(10)]
+  else:
+    radii = [r * (0.65 if shape == 'diamond' and k % 2 else 1.0)
+             for k in range({'triangle': 3, 'square': 4, 'diamond': 4}[shape])]
+  step = 2 * math.pi / len(radii)
+  return [(cx + q * math.sin(angle + k * step), cy - q * math.cos(angle + k * step))
+          for k, q in enumerate(radii)]
+
+
+def _draw_mask(shape: str, cy: float, cx: float, r: float, angle: float, size: int) -> np.ndarray:
+  canvas = Image.new('L', (size, size), 0)
+  draw = ImageDraw.Draw(canvas)
+  if shape == 'circle':
+    draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=1)
+  else:
+    draw.polygon(_polygon(shape, cy, cx, r, angle), fill=1)
+  return np.asarray(canvas, bool)
+
+
+def make_scene(seed_or_rng, size: int = 256, max_tries: int = 50) -> Scene:
+  """A square scene of side `size` from an int seed or a numpy Generator (advanced in place)."""
+  rng = _rng(seed_or_rng)
+  base = rng.integers(90, 170) + rng.integers(-12, 13, size=3)
+  image = np.broadcast_to(base, (size, size, 3)).astype(np.float32)
+  clutter = Image.new('L', (size, size), 0)
+  draw = ImageDraw.Draw(clutter)
+  for _ in range(int(rng.integers(8, 20))):  # grey strokes: texture that is never an object
+    x0, y0, x1, y1 = rng.uniform(0, size, 4)
+    draw.line((x0, y0, x1, y1), fill=int(rng.integers(1, 255)), width=int(rng.integers(1, 4)))
+  strokes = np.asarray(clutter, np.float32)[..., None]
+  image = np.where(strokes > 0, strokes * 0.5 + 60, image)
+
+  drawn, full = [], []
+  for _ in range(int(rng.integers(3, 7))):
+    for _ in range(max_tries):
+      shape = SHAPES[rng.integers(len(SHAPES))]
+      colour = list(COLOURS)[rng.integers(len(COLOURS))]
+      r = float(rng.uniform(0.07, 0.17) * size)
+      cy, cx = rng.uniform(r, size - r, 2)
+      angle = float(rng.uniform(-0.2, 0.2)) + (math.pi / 4 if shape == 'square' else 0.0)
+      mask = _draw_mask(shape, cy, cx, r, angle, size)
+      if all((m & ~mask).sum() >= 0.6 * m.sum() for m in full):
+        drawn.append((shape, colour, r, (float(cy), float(cx))))
+        full.append(mask)
+        break
+  visible = [m & ~np.any(full[k + 1:], axis=0) if k + 1 < len(full) else m
+             for k, m in enumerate(full)]
+  for (_, colour, _, _), mask in zip(drawn, full):
+    tint = np.asarray(COLOURS[colour], np.float32) + rng.integers(-15, 16, size=3)
+    image = np.where(mask[..., None], tint, image)
+  image = image + rng.normal(0, 6, image.shape)
+  objects = tuple(Obj(s, c, r, ctr, m) for (s, c, r, ctr), m in zip(drawn, visible))
+  return Scene(np.clip(np.round(image), 0, 255).astype(np.uint8), objects)
+
+
+# ---------------------------------------------------------------- expressions
+
+
+def _matches(scene: Scene, colour: str | None, shape: str | None) -> list[int]:
+  return [i for i, o in enumerate(scene.objects)
+          if colour in (None, o.colour) and shape in (None, o.shape)]
+
+
+def _noun(colour: str | None, shape: str | None, plural: bool = False) -> str:
+  noun = (shape or 'shape') + ('s' if plural else '')
+  return f'{colour} {noun}' if colour else noun
+
+
+def relation(scene: Scene, a: int, b: int, rel: str) -> bool | None:
+  """Whether object a is `rel` object b: True / False, None when within the margin."""
+  (ay, ax), (by, bx) = scene.centroid(a), scene.centroid(b)
+  gap = {'left of': bx - ax, 'right of': ax - bx, 'above': by - ay, 'below': ay - by}[rel]
+  margin = _MARGIN * scene.image.shape[0]
+  return True if gap > margin else False if gap < -margin else None
+
+
+def _extreme(scene: Scene, cands: list[int], key, largest: bool) -> int | None:
+  """The candidate with the largest (or smallest) key if it wins by _SIZE_RATIO, else None."""
+  if len(cands) < 2:
+    return None
+  ranked = sorted(cands, key=key, reverse=largest)
+  first, second = key(ranked[0]), key(ranked[1])
+  wins = first >= _SIZE_RATIO * second if largest else _SIZE_RATIO * first <= second
+  return ranked[0] if wins else None
+
+
+def referring_expressions(scene: Scene) -> dict[str, list[str]]:
+  """Every unambiguous single-target expression of the scene -> [text, ...] by kind
+  ('attribute', 'relational', 'superlative'), each text resolving to one object."""
+  out = {'attribute': [], 'relational': [], 'superlative': []}
+  nouns = [(c, s) for c in (None, *COLOURS) for s in (None, *SHAPES) if c or s]
+  for c, s in nouns:
+    cands = _matches(scene, c, s)
+    if len(cands) == 1:
+      out['attribute'].append((f'the {_noun(c, s)}', cands[0]))
+    for word, largest in (('largest', True), ('smallest', False)):
+      best = _extreme(scene, cands, scene.area, largest)
+      if best is not None:
+        out['superlative'].append((f'the {word} {_noun(c, s)}', best))
+  # Relational: a full-attribute target noun with a unique full-attribute anchor.
+  for (c, s), (c2, s2) in itertools.product(nouns, nouns):
+    if c is None or s is None or c2 is None or s2 is None:
+      continue
+    cands, anchors = _matches(scene, c, s), _matches(scene, c2, s2)
+    if len(anchors) != 1 or anchors[0] in cands or not cands:
+      continue
+    for rel in RELATIONS:
+      truth = [relation(scene, i, anchors[0], rel) for i in cands]
+      if truth.count(True) == 1 and truth.count(None) == 0:
+        out['relational'].append((f'the {_noun(c, s)} {rel} the {_noun(c2, s2)}',
+                                  cands[truth.index(True)]))
+  return out
+
+
+def multi_target_expressions(scene: Scene) -> list[tuple[str, list[int]]]:
+  """`all <noun>` for every noun matching two or more objects."""
+  return [(f'all {_noun(c, s, plural=True)}', m)
+          for c in (None, *COLOURS) for s in (None, *SHAPES)
+          if (c or s) and len(m := _matches(scene, c, s)) >= 2]
+
+
+def absent_expressions(scene: Scene) -> list[str]:
+  return [f'the {_noun(c, s)}' for c in COLOURS for s in SHAPES if not _matches(scene, c, s)]
+
+
+def side_object(scene: Scene, side: str) -> int | None:
+  """The object clearly nearest to `side` ('left', 'right', 'top', 'bottom'), if any."""
+  axis, sign = {'left': (1, -1), 'right': (1, 1), 'top': (0, -1), 'bottom': (0, 1)}[side]
+  coord = [sign * scene.centroid(i)[axis] for i in range(len(scene.objects))]
+  order = np.argsort(coord)[::-1]
+  if len(order) > 1 and coord[order[0]] - coord[order[1]] < _MARGIN * scene.image.shape[0]:
+    return None
+  return int(order[0])
+
+
+# ---------------------------------------------------------------- samples
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+  scene: Scene
+  task: str
+  question: str  # user turn, starting with `<image>\n`
+  answer: str  # the ILVC form for referring / gcg (strip_ilvc gives the other)
+  expressions: tuple[str, ...]  # the text of each target, in answer order
+  targets: tuple[tuple[int, ...], ...]  # object indices of each target (empty: no target)
+
+  @property
+  def masks(self) -> np.ndarray:
+    """bool[K, H, W]: target k = union of its objects' masks (all zero for [REJ])."""
+    h, w = self.scene.image.shape[:2]
+    out = np.zeros((len(self.targets), h, w), bool)
+    for k, t in enumerate(self.targets):
+      for i in t:
+        out[k] |= self.scene.objects[i].mask
+    return out
+
+
+def sample_rng(split: str, index: int, world_seed: int = 0) -> np.random.Generator:
+  return np.random.default_rng(np.random.SeedSequence([world_seed, SPLITS[split], index]))
+
+
+def _pick(rng, items):
+  return items[rng.integers(len(items))]
+
+
+def _referring(scene, rng, max_targets):
+  pools = [v for v in referring_expressions(scene).values() if v]
+  if not pools:
+    return None
+  text, obj = _pick(rng, _pick(rng, pools))
+  question = lira_tokens.referring_question(text)
+  return question, lira_tokens.referring_answer(text), (text,), ((obj,),)
+
+
+def _gres(scene, rng, max_targets):
+  singles = [(t, [i]) for pool in referring_expressions(scene).values() for t, i in pool]
+  present = singles + multi_target_expressions(scene)
+  n = int(rng.integers(1, max_targets + 1))
+  first = _pick(rng, present)
+  rest = [_pick(rng, present) if rng.random() < 0.5 else (_pick(rng, absent_expressions(scene)),
+                                                          []) for _ in range(n - 1)]
+  chosen = [first, *rest]
+  rng.shuffle(chosen)
+  texts = tuple(t for t, _ in chosen)
+  answer = lira_tokens.gres_answer([(t, bool(i)) for t, i in chosen], int(rng.integers(5)))
+  return GRES_QUESTION.format(', '.join(texts)), answer, texts, tuple(tuple(i) for _, i in chosen)
+
+
+def _indefinite(noun: str) -> str:
+  return ('an ' if noun[0] in 'aeiou' else 'a ') + noun
+
+
+def _gcg(scene, rng, max_targets):
+  by_area = sorted(range(len(scene.objects)), key=scene.area, reverse=True)[:max_targets]
+  objs = sorted(by_area, key=lambda i: scene.centroid(i)[1])
+  phrases = [_indefinite(f'{scene.objects[i].colour} {scene.objects[i].shape}') for i in objs]
+  caption, spans = 'The image shows ', []
+  for k, phrase in enumerate(phrases):
+    caption += '' if k == 0 else ' and ' if k == len(phrases) - 1 else ', '
+    spans.append((len(caption), len(caption) + len(phrase)))
+    caption += phrase
+  answer = lira_tokens.gcg_answer(caption + '.', spans)
+  return GCG_QUESTION, answer, tuple(phrases), tuple((i,) for i in objs)
+
+
+def _attr(scene, rng, max_targets):
+  colour, shape = _pick(rng, list(COLOURS)), _pick(rng, SHAPES)
+  if rng.random() < 0.5:  # balance yes / no
+    obj = scene.objects[rng.integers(len(scene.objects))]
+    colour, shape = obj.colour, obj.shape
+  answer = 'yes' if _matches(scene, colour, shape) else 'no'
+  question = f'Is there {_indefinite(f"{colour} {shape}")} in the image?'
+  return question + VQA_SUFFIX, answer, (), ()
+
+
+def _vqa(scene, rng, max_targets):
+  sides = [(p, i) for p, s in SIDES.items() if (i := side_object(scene, s)) is not None]
+  if sides and rng.random() < 0.5:
+    phrase, i = _pick(rng, sides)
+    what = _pick(rng, ('colour', 'shape'))
+    question = f'What {what} is the shape {phrase}?'
+    answer = getattr(scene.objects[i], what)
+  else:
+    shape = _pick(rng, SHAPES)
+    question, answer = f'How many {shape}s are there?', NUMBERS[len(_matches(scene, None, shape))]
+  return question + VQA_SUFFIX, answer, (), ()
+
+
+_TASK_FNS = dict(referring=_referring, gres=_gres, gcg=_gcg, attr=_attr, vqa=_vqa)
+
+
+def make_sample(split: str, index: int, *, task: str | None = None, size: int = 256,
+                max_targets: int = 2, world_seed: int = 0,
+                task_weights: dict[str, float] | None = None) -> Sample:
+  """Sample `index` of `split`. task None draws one by task_weights (default: referring and gres
+  0.35 each, the others 0.1). max_targets bounds gres expressions and gcg phrases (keep it
+  <= cfg.seq.max_regions for ILVC gcg and <= cfg.seq.max_seg)."""
+  rng = sample_rng(split, index, world_seed)
+  weights = task_weights or dict(referring=0.35, gres=0.35, gcg=0.1, attr=0.1, vqa=0.1)
+  names = list(weights)
+  p = np.asarray([weights[n] for n in names], np.float64)
+  chosen = task or names[rng.choice(len(names), p=p / p.sum())]
+  made = None
+  while made is None:  # a scene without any unambiguous expression is redrawn
+    scene = make_scene(rng, size)
+    made = _TASK_FNS[chosen](scene, rng, max_targets)
+  question, answer, texts, targets = made
+  return Sample(scene, chosen, IMAGE_PLACEHOLDER + '\n' + question, answer, texts, targets)
+
+
+def vocabulary_texts() -> list[str]:
+  """Every fixed string the world's texts are made of (for the tokenizer's word list)."""
+  t = TEMPLATES['internlm2-chat']
+  return [*COLOURS, *SHAPES, *(s + 's' for s in SHAPES), *RELATIONS, *SIDES, *NUMBERS,
+          'the all a an shape shapes largest smallest yes no and is there in',
+          'What colour shape How many are there', 'Is there in the image The image shows',
+          SYSTEM_MESSAGE, VQA_SUFFIX, GRES_QUESTION, GCG_QUESTION,
+          lira_tokens.referring_question(''), t.system_template, *t.roles,
+          *(' '.join(f) for f in lira_tokens.GRES_ANSWER_FORMATS)]
+
+
+# ---------------------------------------------------------------- LIRA batch elements
+
+
+def _tiling_cfg(cfg):
+  """cfg.tiling with max_tiles lowered so every image fits the cfg.seq.max_tiles buffer."""
+  t = cfg.tiling.copy_and_resolve_references()
+  if tiling.max_num_tiles(t) > cfg.seq.max_tiles:
+    t.max_tiles = max(cfg.seq.max_tiles - (1 if t.use_thumbnail else 0), 1)
+  return t
+
+
+def encode_sample(sample: Sample, tokenizer, cfg, *, ilvc: bool) -> dict[str, np.ndarray]:
+  """One LIRA batch element (no batch axis), padded to the cfg buffers:
+  pixels f32[S, S, 3], tiles f32[T, s, s, 3], tile_valid bool[T], regions f32[R, s, s, 3],
+  region_valid bool[R], ids / labels i32[Lt] (Lt = cfg.seq.max_len), text_valid bool[Lt],
+  gt_masks f32[K, S, S] (K = cfg.seq.max_seg; target k in answer order, zero when absent).
+  S = cfg.model.omg.image_size, s = cfg.model.vision.image_size. ilvc False strips the local
+  images from the answer (lira_jax.ilvc.strip_ilvc)."""
+  answer = sample.answer if ilvc else strip_ilvc(sample.answer)
+  ids, labels = encode_conversation(tokenizer, cfg.template, [(sample.question, answer)],
+                                    system_message=SYSTEM_MESSAGE)
+  ids, labels, text_valid = pad_batch([(ids, labels)], cfg.seq.max_len)
+  image = Image.fromarray(sample.scene.image)
+  pixels, _ = pixel_preprocess.preprocess_pixel_image(image, cfg.model.omg)
+  tiles, tile_valid = tiling.pad_tiles(tiling.load_image_tiles(image, _tiling_cfg(cfg)),
+                                       cfg.seq.max_tiles)
+
+  masks = sample.masks
+  region_valid = region_slots(ids[0], cfg.seq.max_regions)
+  s = cfg.model.vision.image_size
+  regions = np.zeros((cfg.seq.max_regions, s, s, 3), np.float32)
+  local = [m for m in masks if m.any()][:int(region_valid.sum())]  # ILVC phrases: present targets
+  for r, mask in enumerate(local):
+    regions[r] = region_tile(image, mask, s)
+
+  size, k = cfg.model.omg.image_size, cfg.seq.max_seg
+  if len(masks) > k:
+    raise ValueError(f'{len(masks)} targets do not fit max_seg={k}')
+  gt_masks = np.zeros((k, size, size), np.float32)
+  for j, mask in enumerate(masks):
+    square, _ = pixel_preprocess.pad_to_square(Image.fromarray(mask.astype(np.uint8)), (0,))
+    gt_masks[j] = np.asarray(square.resize((size, size), Image.NEAREST), np.float32)
+  return dict(pixels=pixels, tiles=tiles, tile_valid=tile_valid, regions=regions,
+              region_valid=region_valid, ids=ids[0], labels=labels[0], text_valid=text_valid[0],
+              gt_masks=gt_masks)
+
+
+def collate(elements: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """Stacks encode_sample outputs into the batch dict LIRA.__call__ (plus gt_masks) takes."""
+  return {key: np.stack([e[key] for e in elements]) for key in elements[0]}
