@@ -123,9 +123,9 @@ def test_mixed_batch_equals_per_sample(model):
                                np.asarray(one.seg_mask_logits)[:, seg], atol=1e-3, rtol=1e-4)
 
 
-def test_a_few_steps_lower_the_loss():
-  model = nnx.jit(lambda: LIRA(CFG, rngs=nnx.Rngs(0)))()
-  step_lib.add_lora(model, CFG, nnx.Rngs(1))
+def test_a_few_steps_lower_the_loss(model):
+  model = nnx.clone(model)  # the shared fixture stays untouched
+  model.train()
   optimizer = step_lib.make_optimizer(model, CFG, total_steps=20, lr=1e-3)
   frozen_before = np.asarray(model.vision.vit.layers.qkv.kernel[...])
   train = step_lib.make_train_step(CFG)
@@ -134,3 +134,16 @@ def test_a_few_steps_lower_the_loss():
   assert losses[-1] < losses[0] - 1.0, losses
   np.testing.assert_array_equal(np.asarray(model.vision.vit.layers.qkv.kernel[...]),
                                 frozen_before)
+
+
+@pytest.mark.slow
+def test_stage1_trains_projectors_with_projection_loss():
+  cfg = common.load_config('configs/lira_2b.py:tiny,stage1')
+  model = nnx.jit(lambda: LIRA(cfg, rngs=nnx.Rngs(0)))()
+  assert model.projector.cross_beforellm is None and not step_lib.add_lora(model, cfg, nnx.Rngs(1))
+  loss, parts, grads = step_lib.loss_and_grads(cfg)(
+      model, as_jnp(make_batch(cfg, np.random.default_rng(6))), jax.random.key(0))
+  assert 'proj' in parts and 'dice' not in parts and float(parts['proj']) > 0
+  np.testing.assert_allclose(float(loss), float(parts['text'] + parts['proj']), rtol=1e-6)
+  paths = {path_str(p) for p, _ in nnx.to_flat_state(grads)}
+  assert paths and all(p.startswith(('projector.', 'text2vision.')) for p in paths)
