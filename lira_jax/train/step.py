@@ -25,10 +25,10 @@ def add_lora(model: nnx.Module, cfg, rngs: nnx.Rngs) -> list[str]:
                          rngs=rngs)
 
 
-def make_optimizer(model: nnx.Module, cfg, total_steps: int, lr: float | None = None
-                   ) -> nnx.Optimizer:
-  """AdamW (released betas / weight decay), max-norm clipping, linear warmup from
-  warmup_start_factor then cosine to 0, over the trainable params only."""
+def make_tx(cfg, total_steps: int, lr: float | None = None
+            ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW (released betas / weight decay) after max-norm clipping, with linear warmup from
+  warmup_start_factor·lr then cosine to 0. Returns (transformation, learning-rate schedule)."""
   o = cfg.optim
   peak = o.lr if lr is None else lr
   warmup = max(1, int(total_steps * o.warmup_ratio))
@@ -37,6 +37,13 @@ def make_optimizer(model: nnx.Module, cfg, total_steps: int, lr: float | None = 
        optax.cosine_decay_schedule(peak, max(1, total_steps - warmup))], [warmup])
   tx = optax.chain(optax.clip_by_global_norm(o.clip_norm),
                    optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+  return tx, schedule
+
+
+def make_optimizer(model: nnx.Module, cfg, total_steps: int, lr: float | None = None
+                   ) -> nnx.Optimizer:
+  """`make_tx` over the trainable params only."""
+  tx, _ = make_tx(cfg, total_steps, lr)
   return nnx.Optimizer(model, tx, wrt=trainable_filter(cfg))
 
 
