@@ -1,4 +1,4 @@
-"""End-to-end demo on the embedded default (until the synthetic-world trainer lands):
+"""Conversion + decoding demo on the golden tiny InternVL2 (the main job is launch/train.py):
 
 1. convert the tiny original-format InternVL2 checkpoint in ../shared/golden/internvl2_tiny with
    the strict converter and verify every golden array against the original PyTorch outputs;

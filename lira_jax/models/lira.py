@@ -1,5 +1,5 @@
 """The assembled LIRA model: encode the image both ways, fuse (SEFE), splice the multimodal
-sequence, run the LLM, and decode every [SEG] hidden state to a mask with the frozen OMG-Seg
+sequence, run the LLM, and decode every [SEG] hidden state to a mask with the OMG-Seg
 decoder. GSVA's [REJ] targets take a [SEG] slot but produce no mask.
 
 Axis letters: B batch, T tiles per image (buffer), R ILVC region slots, Lt text buffer, L packed
@@ -47,7 +47,9 @@ class LIRA(nnx.Module):
     h = m.llm.hidden_size
     self.vision = SemanticEncoder(m.vision, m.projector, h, remat_policy=m.remat_policy, **mods)
     self.llm = LLM(m.llm, remat_policy=m.remat_policy, **mods)
-    # The pixel path is frozen and numerically sensitive (hard thresholds): always float32.
+    # Which parts train is cfg.trainable's business alone (the released recipe freezes vision and
+    # omg; the synthetic world, with nothing pretrained, trains them). The pixel path is
+    # numerically sensitive (hard thresholds in the panoptic prior): always float32.
     self.omg = OMGSeg(m.omg, with_backbone=with_backbone, rngs=rngs)
     self.projector = SEFE(m.sefe, h, **mods)
     self.text2vision = TextToVision(h, m.text2vision.out_dim, **mods)
@@ -59,10 +61,10 @@ class LIRA(nnx.Module):
     self.tokens_per_tile = int(round(grid * m.projector.downsample_ratio) ** 2)
 
   def encode_tiles(self, tiles: jax.Array) -> jax.Array:
-    """tiles f32[B, T, s, s, 3] -> frozen semantic tokens f32[B, T·N, H] (tile-major)."""
+    """tiles f32[B, T, s, s, 3] -> semantic tokens f32[B, T·N, H] (tile-major)."""
     b, t = tiles.shape[:2]
     feats = self.vision(tiles.reshape(b * t, *tiles.shape[2:]))
-    return jax.lax.stop_gradient(feats.reshape(b, t * feats.shape[1], feats.shape[2]))
+    return feats.reshape(b, t * feats.shape[1], feats.shape[2])
 
   def __call__(self, batch: dict, *, pixel_feats=None) -> LiraOutputs:
     """batch: pixels f32[B, S, S, 3], tiles f32[B, T, s, s, 3], tile_valid bool[B, T],
@@ -71,7 +73,6 @@ class LIRA(nnx.Module):
     pixel_feats: optional precomputed backbone maps (to run without a ConvNeXt)."""
     omg = (self.omg(batch['pixels'], max_valid=self.max_queries) if pixel_feats is None else
            self.omg.from_features(pixel_feats, max_valid=self.max_queries))
-    omg = jax.lax.stop_gradient(omg)
     prior = omg.prior
     if self.stage == 1:  # stage 1 feeds no InternVL tokens (onlyomg_pretrain)
       semantic, semantic_valid = None, None

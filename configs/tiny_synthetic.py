@@ -1,0 +1,73 @@
+"""The embedded default: a tiny LIRA trained from scratch on the synthetic referring world
+(lira_jax/data/synthetic.py), stage 1 then stage 2, then evaluated on the val split. What
+`python -m launch.train` runs with no flags; sized for ~15 minutes on 2 CPU cores.
+
+Arg: comma list of
+  stage1 | stage2  which stage's settings (default stage2; launch/train.py runs both in turn)
+  no_ilvc          answers without the local images (ILVC off in training and evaluation)
+  no_sefe          stage 2 without the pre-LLM cross attention (SEFE fusion off)
+  smoke            a few steps and a handful of eval samples (tests, quick checks)
+
+Departures from the released recipe (configs/lira_2b.py), all because nothing here is
+pretrained: the semantic encoder, the OMG-Seg pixel path and the whole LLM train in both stages
+(the released recipe freezes them and trains LoRA adapters), and the learning rates suit a
+from-scratch model. Everything else (SEFE, the [SEG] path, the losses, stage 1 without InternVL
+tokens and with the projection loss) is the released model at tiny sizes.
+"""
+import ml_collections
+
+from configs import internvl2_2b, lira_common
+
+STAGE_OPTIM = {
+    1: dict(lr=2e-3, steps=80),
+    2: dict(lr=1e-3, steps=550),
+}
+# Task mix per stage (synthetic.make_sample task_weights). Stage 1 is LIRA's pre-training: text
+# answers about the image; stage 2 adds the segmentation tasks.
+STAGE_TASKS = {
+    1: dict(gcg=0.3, attr=0.25, vqa=0.25, referring=0.2),
+    2: dict(referring=0.4, gres=0.4, gcg=0.1, attr=0.05, vqa=0.05),
+}
+
+
+def get_config(arg=None):
+  parts = {p for p in (arg or '').split(',') if p}
+  unknown = parts - {'stage1', 'stage2', 'no_ilvc', 'no_sefe', 'smoke'}
+  if unknown or {'stage1', 'stage2'} <= parts:
+    raise ValueError(f'bad config arg {arg!r}: comma list of stage1|stage2, no_ilvc, no_sefe, '
+                     'smoke')
+  stage = 1 if 'stage1' in parts else 2
+  smoke = 'smoke' in parts
+  c = lira_common.lira_config(internvl2_2b.get_config('tiny'), tiny=True, stage=stage,
+                              lora_rank=0, lora_alpha=0.0)
+  c.stage_args = ','.join(sorted(parts - {'stage1', 'stage2'}))
+
+  m = c.model
+  m.omg.image_size = 128  # scenes are drawn at this side: no resize between scene and masks
+  m.omg.head.enc_layers, m.omg.head.dec_layers = 1, 3
+  m.llm.hidden_size, m.llm.num_layers, m.llm.num_heads, m.llm.num_kv_heads = 96, 3, 4, 2
+  m.llm.head_dim, m.llm.mlp_dim = 24, 256
+  m.llm.max_position_embeddings = 256
+  m.sefe.add_cross = stage == 2 and 'no_sefe' not in parts
+  c.tiling = ml_collections.ConfigDict(dict(image_size=m.vision.image_size, min_tiles=1,
+                                            max_tiles=1, use_thumbnail=False))
+  c.seq = ml_collections.ConfigDict(dict(max_len=160, max_tiles=1, max_queries=12,
+                                         max_regions=2, max_seg=4))
+  c.trainable = (r'.*',)
+  c.loss.num_points = 1024
+
+  o = STAGE_OPTIM[stage]
+  c.optim.update(lr=o['lr'], warmup_ratio=0.05, warmup_start_factor=0.01, weight_decay=0.0,
+                 batch_per_device=8, grad_accum=1)
+  c.data = ml_collections.ConfigDict(dict(
+      world_seed=0, image_size=m.omg.image_size, max_targets=2, ilvc='no_ilvc' not in parts,
+      task_weights=STAGE_TASKS[stage], worker_threads=1, prefetch=4,
+      tfds_dir=''))  # '' generates on the fly; else a lira_jax.data.tfds_synthetic dataset dir
+  c.train = ml_collections.ConfigDict(dict(
+      steps=8 if smoke else o['steps'], batch_size=8, seed=0, log_every=1 if smoke else 25,
+      checkpoint_every=2 if smoke else 200, keep_checkpoints=2))
+  c.eval = ml_collections.ConfigDict(dict(
+      split='val', num_res=8 if smoke else 200, num_gres=8 if smoke else 200, batch_size=8,
+      num_overlays=2 if smoke else 8))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  return c

@@ -1,0 +1,53 @@
+"""grain input pipelines over the synthetic world: sample i of a split is a pure function of i, so
+a pipeline is `MapDataset.range` → encode → batch, and its iterator state (a position) is what a
+checkpoint stores to resume at the exact example.
+
+With cfg.data.tfds_dir set, examples come instead from the train split of a dataset written by
+lira_jax.data.tfds_synthetic (record i = sample i of the world's train split, repeated as epochs).
+
+Each process reads its own slice of the global stream (examples p, p + P, p + 2P, ... for process
+p of P), so the global batch is the same for any process count.
+"""
+from __future__ import annotations
+
+import functools
+
+import grain
+import jax
+
+from lira_jax.data import synthetic, tfds_synthetic
+
+# Every stage draws from its own stretch of the endless train stream (different scenes).
+STAGE_STREAM_OFFSET = 10_000_000
+
+
+def _generate(index: int, *, split: str, cfg) -> synthetic.Sample:
+  d = cfg.data
+  return synthetic.make_sample(split, index, size=d.image_size, max_targets=d.max_targets,
+                               world_seed=d.world_seed, task_weights=dict(d.task_weights))
+
+
+def _encode(sample: synthetic.Sample, *, cfg, tokenizer) -> dict:
+  return synthetic.encode_sample(sample, tokenizer, cfg, ilvc=cfg.data.ilvc)
+
+
+def train_dataset(cfg, tokenizer, *, num_batches: int) -> grain.IterDataset:
+  """num_batches global batches of cfg.train.batch_size for this process (its share of each),
+  from the train stream of cfg.stage. Elements: synthetic.collate batches of numpy arrays."""
+  count, index = jax.process_count(), jax.process_index()
+  global_batch = int(cfg.train.batch_size)
+  if global_batch % count:
+    raise ValueError(f'batch_size {global_batch} does not split over {count} processes')
+  d = cfg.data
+  stop = num_batches * global_batch
+  if d.get('tfds_dir'):
+    records = grain.MapDataset.source(tfds_synthetic.data_source(d.tfds_dir, 'train'))
+    samples = records.repeat()[index:stop:count].map(tfds_synthetic.record_to_sample)
+  else:
+    start = (int(cfg.stage) - 1) * STAGE_STREAM_OFFSET
+    samples = grain.MapDataset.range(start + index, start + stop, count).map(
+        functools.partial(_generate, split='train', cfg=cfg))
+  return (samples.map(functools.partial(_encode, cfg=cfg, tokenizer=tokenizer))
+          .batch(global_batch // count, batch_fn=synthetic.collate)
+          .to_iter_dataset(grain.ReadOptions(num_threads=int(d.worker_threads),
+                                             prefetch_buffer_size=int(d.prefetch))))

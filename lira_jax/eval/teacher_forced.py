@@ -1,0 +1,95 @@
+"""Teacher-forced RES / GRES evaluation in one jitted pass per batch (the simple evaluator; the
+generation-based one lives with the decoder).
+
+The answer of each sample is fed as text. A target's mask comes from the first [SEG] slot of
+that target (LIRA's RES rule: the pre-ILVC [SEG]; its hidden state sees nothing of the answer
+after it, so teacher forcing changes nothing for it), from the last prediction step, bilinearly
+upsampled to the GT side and thresholded at logit 0 (sigmoid 0.5). "No target" is predicted when
+the token before the slot is not argmax [SEG] (GSVA's teacher-forced rule, lira_jax.rej); the
+mask of a [REJ] slot comes from a second pass with every [REJ] replaced by [SEG].
+
+Axis letters: B batch, K targets per sample (cfg.seq.max_seg), M [SEG]/[REJ] slots, S GT side.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lira_jax import rej
+from lira_jax.nn.resize import resize_bilinear
+
+
+def _first_slot_per_target(plan, num_targets: int) -> tuple[jax.Array, jax.Array]:
+  """(slot index into M i32[B, K], target has a slot bool[B, K])."""
+  m = plan.seg_target.shape[1]
+  hit = (plan.seg_target[:, None, :] == jnp.arange(num_targets)[None, :, None]) & (
+      plan.seg_valid[:, None, :])  # [B, K, M]
+  first = jnp.argmax(hit, axis=-1)
+  return jnp.minimum(first, m - 1), hit.any(-1)
+
+
+def predict(model, batch: dict, seg_id: int, rej_id: int) -> dict[str, jax.Array]:
+  """Per target k of each sample: masks bool[B, K, S, S], reject bool[B, K] (predicted no
+  target), has_slot bool[B, K] (the answer holds target k), inter / union f32[B, K] pixel counts
+  against batch['gt_masks'] f32[B, K, S, S]."""
+  gt = batch['gt_masks'] > 0.5
+  b, k, side = gt.shape[0], gt.shape[1], gt.shape[-1]
+  first = model(batch)
+  slot, has_slot = _first_slot_per_target(first.plan, k)
+  pred_ids = jnp.argmax(first.logits, axis=-1)
+  reject_per_slot = rej.teacher_forced_rejection(pred_ids, first.plan, seg_id, rej_id)
+  reject = jnp.take_along_axis(reject_per_slot, slot, axis=1) & has_slot
+
+  remasked = model(dict(batch, ids=rej.reeval_ids(batch['ids'], seg_id, rej_id)))
+  logits = remasked.seg_mask_logits[-1]  # [B·M, h, w]
+  logits = logits.reshape(b, -1, *logits.shape[1:])
+  logits = jnp.take_along_axis(logits, slot[:, :, None, None], axis=1)
+  masks = (resize_bilinear(logits, (side, side)) > 0) & has_slot[..., None, None]
+  inter = jnp.sum(masks & gt, axis=(-2, -1)).astype(jnp.float32)
+  union = jnp.sum(masks | gt, axis=(-2, -1)).astype(jnp.float32)
+  return dict(masks=masks, reject=reject, has_slot=has_slot, inter=inter, union=union)
+
+
+def make_predict_fn(graphdef: nnx.GraphDef, seg_id: int, rej_id: int):
+  """jit(params..., batch) -> predict(...), for the model nnx.merge(graphdef, *states)."""
+
+  @jax.jit
+  def fn(states, batch):
+    return predict(nnx.merge(graphdef, *states), batch, seg_id, rej_id)
+
+  return fn
+
+
+class Accumulator:
+  """Running RES (cIoU / gIoU over every target, LISA's convention) and GRES (lira_jax.rej)
+  sums over batches of `predict` outputs; `add` takes which targets count (bool[B, K])."""
+
+  def __init__(self):
+    self.res = dict(inter=0.0, union=0.0, iou_sum=0.0, count=0)
+    self.gres: dict[str, float] = {}
+
+  def add_res(self, out: dict, counted: np.ndarray) -> None:
+    inter, union = np.asarray(out['inter'])[counted], np.asarray(out['union'])[counted]
+    self.res['inter'] += float(inter.sum())
+    self.res['union'] += float(union.sum())
+    self.res['iou_sum'] += float(np.where(union > 0, inter / (union + 1e-5), 1.0).sum())
+    self.res['count'] += int(counted.sum())
+
+  def add_gres(self, out: dict, counted: np.ndarray, gt_empty: np.ndarray) -> None:
+    sums = rej.score_expressions(gt_empty[counted], np.asarray(out['reject'])[counted],
+                                 np.asarray(out['inter'])[counted],
+                                 np.asarray(out['union'])[counted])
+    for key, value in sums.items():
+      self.gres[key] = self.gres.get(key, 0.0) + float(value)
+
+  def metrics(self) -> dict[str, float]:
+    r = self.res
+    out = dict(res_ciou=r['inter'] / (r['union'] + 1e-10),
+               res_giou=r['iou_sum'] / max(r['count'], 1), res_count=r['count'])
+    if self.gres:
+      g = rej.gres_metrics(self.gres)
+      out.update(gres_ciou=g['ciou'], gres_giou=g['giou'], gres_nacc=g['n_acc'],
+                 gres_tacc=g['t_acc'], gres_count=int(self.gres['count']))
+    return out

@@ -1,0 +1,123 @@
+"""One training stage end to end: build or restore the sharded state, stream batches through the
+compiled step, log, checkpoint, resume automatically.
+
+A stage's workdir holds checkpoints/ (train state + data-iterator state, newest N kept) and
+metrics.jsonl + tb/. Re-running a stage whose last checkpoint is its final step only restores it.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from lira_jax.train import metrics as metrics_lib
+from lira_jax.train import sharded_step
+from lira_jax.train.checkpoint import Checkpointer
+
+log_line = functools.partial(print, flush=True)
+
+
+def _keyed(tree) -> dict[str, jax.Array]:
+  return {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def transfer_params(state: sharded_step.TrainState, source: sharded_step.TrainState
+                    ) -> tuple[sharded_step.TrainState, int]:
+  """Copies into `state` (trainable and frozen) every variable that `source` has at the same
+  path with the same shape, placed with the target's sharding; optimizer state stays fresh.
+  Returns (new state, number of variables copied)."""
+  src = {**_keyed(source.trainable), **_keyed(source.frozen)}
+  copied = 0
+
+  def pick(path, x):
+    nonlocal copied
+    y = src.get(jax.tree_util.keystr(path))
+    if y is None or y.shape != x.shape or y.dtype != x.dtype:
+      return x
+    copied += 1
+    return jax.device_put(y, x.sharding)
+
+  new = state.replace(trainable=jax.tree_util.tree_map_with_path(pick, state.trainable),
+                      frozen=jax.tree_util.tree_map_with_path(pick, state.frozen))
+  return new, copied
+
+
+def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """This process's rows -> global arrays split over (data, fsdp)."""
+  sharding = sharded_step.batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def _log_row(m: dict, steps: int, seconds: float, batch: dict) -> dict[str, float]:
+  row = {k: float(v) for k, v in m.items()}
+  row['step_time'] = seconds / max(steps, 1)
+  row['tokens_per_s'] = float(np.sum(batch['text_valid'])) * jax.process_count() / row['step_time']
+  return row
+
+
+def train_stage(cfg, workdir: str, mesh: Mesh, make_dataset, *, init_from=None, log=log_line
+                ) -> tuple[object, sharded_step.TrainState, dict]:
+  """Runs cfg.train.steps steps of cfg's stage (resuming from workdir's latest checkpoint).
+
+  make_dataset(num_batches) -> a grain IterDataset of host batches; init_from: a TrainState of
+  an earlier stage whose matching params seed a fresh start. Returns (graphdef, final state,
+  summary dict with 'train_seconds', 'steps_run', 'skipped')."""
+  t = cfg.train
+  total = int(t.steps)
+  graphdef, abstract, shardings = sharded_step.abstract_train_state(cfg, mesh, seed=t.seed)
+  ckpt = Checkpointer(workdir, max_to_keep=int(t.keep_checkpoints))
+
+  def init():
+    _, state, _ = sharded_step.build_train_state(cfg, mesh, seed=t.seed)
+    if init_from is not None:
+      state, copied = transfer_params(state, init_from)
+      log(f'  initialised {copied} variables from the previous stage')
+    return state
+
+  state, data_state = ckpt.restore_or(abstract, init)
+  start = int(state.step)
+  if start:
+    log(f'  resumed from step {start} ({ckpt.manager.directory})')
+  summary = dict(train_seconds=0.0, steps_run=0, skipped=int(state.skipped))
+  if start >= total:
+    ckpt.close()
+    return graphdef, state, summary
+
+  step_fn = sharded_step.make_sharded_train_step(cfg, mesh, graphdef, shardings,
+                                                 total_steps=total, seed=t.seed)
+  iterator = iter(make_dataset(total))
+  if data_state:
+    iterator.set_state(data_state)
+  writer = metrics_lib.MetricsWriter(workdir)
+  progress = metrics_lib.Progress(total)
+  began = last = time.monotonic()
+  last_step = start
+  for step in range(start + 1, total + 1):
+    batch = next(iterator)
+    state, m = step_fn(state, put_batch(batch, mesh))
+    if step % int(t.log_every) == 0 or step == total:
+      m = jax.device_get(m)  # waits for the step, so the interval below is compute time
+      now = time.monotonic()
+      row = _log_row(m, step - last_step, now - last, batch)
+      last, last_step = now, step
+      writer.write(step, row)
+      shown = {k: row[k] for k in ('loss', 'text', 'dice', 'bce', 'proj') if k in row}
+      log(progress.line(step, shown), end='\r' if sys.stdout.isatty() else '\n')
+    if step % int(t.checkpoint_every) == 0 or step == total:
+      ckpt.save(step, state, iterator.get_state(), force=True)
+  ckpt.wait()
+  ckpt.close()
+  writer.close()
+  log('')
+  summary.update(train_seconds=time.monotonic() - began, steps_run=total - start,
+                 skipped=int(state.skipped))
+  return graphdef, state, summary
+
+
+def stage_dir(workdir: str, stage: int) -> str:
+  return os.path.join(workdir, f'stage{stage}')
