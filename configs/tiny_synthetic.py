@@ -19,8 +19,8 @@ import ml_collections
 from configs import internvl2_2b, lira_common
 
 STAGE_OPTIM = {
-    1: dict(lr=2e-3, steps=80),
-    2: dict(lr=1e-3, steps=550),
+    1: dict(lr=2e-3, steps=40),
+    2: dict(lr=3e-3, steps=650),
 }
 # Task mix per stage (synthetic.make_sample task_weights). Stage 1 is LIRA's pre-training: text
 # answers about the image; stage 2 adds the segmentation tasks.
@@ -44,7 +44,7 @@ def get_config(arg=None):
 
   m = c.model
   m.omg.image_size = 128  # scenes are drawn at this side: no resize between scene and masks
-  m.omg.head.enc_layers, m.omg.head.dec_layers = 1, 3
+  m.omg.head.enc_layers, m.omg.head.dec_layers = 1, 2
   m.llm.hidden_size, m.llm.num_layers, m.llm.num_heads, m.llm.num_kv_heads = 96, 3, 4, 2
   m.llm.head_dim, m.llm.mlp_dim = 24, 256
   m.llm.max_position_embeddings = 256
