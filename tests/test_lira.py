@@ -1,6 +1,6 @@
 """The assembled tiny LIRA: one compile for varying targets/tiles/queries, gradients only into the
 trainable selection, [REJ] gives no mask loss, ILVC slots act only through their tokens, a mixed
-batch equals per-sample runs, and a few training steps lower the loss."""
+batch equals per-sample runs, and stage 1 trains only the projectors."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,19 +121,6 @@ def test_mixed_batch_equals_per_sample(model):
     np.testing.assert_array_equal(np.asarray(both.seg_valid[i * m:(i + 1) * m]), seg)
     np.testing.assert_allclose(np.asarray(both.seg_mask_logits[:, i * m:(i + 1) * m])[:, seg],
                                np.asarray(one.seg_mask_logits)[:, seg], atol=1e-3, rtol=1e-4)
-
-
-def test_a_few_steps_lower_the_loss(model):
-  model = nnx.clone(model)  # the shared fixture stays untouched
-  model.train()
-  optimizer = step_lib.make_optimizer(model, CFG, total_steps=20, lr=1e-3)
-  frozen_before = np.asarray(model.vision.vit.layers.qkv.kernel[...])
-  train = step_lib.make_train_step(CFG)
-  batch = as_jnp(make_batch(CFG, np.random.default_rng(5)))
-  losses = [float(train(model, optimizer, batch, jax.random.key(i))[0]) for i in range(6)]
-  assert losses[-1] < losses[0] - 1.0, losses
-  np.testing.assert_array_equal(np.asarray(model.vision.vit.layers.qkv.kernel[...]),
-                                frozen_before)
 
 
 @pytest.mark.slow

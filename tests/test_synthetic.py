@@ -154,19 +154,3 @@ def test_encode_sample(samples, ilvc):
     assert not e['regions'][~e['region_valid']].any() and e['tile_valid'].sum() == 1
     np.testing.assert_array_equal(e['gt_masks'][:len(s.targets)], s.masks)
     assert not e['gt_masks'][len(s.targets):].any()
-
-
-@pytest.mark.slow
-def test_collated_batch_runs_tiny_lira():
-  import jax
-  from flax import nnx
-  from lira_jax.models.lira import LIRA
-  from lira_jax.train import objective
-  tasks = ('referring', 'gres', 'gcg', 'vqa')
-  batch = sy.collate([sy.encode_sample(sy.make_sample('train', i, task=t), TOK, CFG,
-                                       ilvc=i % 2 == 0) for i, t in enumerate(tasks)])
-  model = nnx.jit(lambda: LIRA(CFG, rngs=nnx.Rngs(0)))()
-  loss, parts = nnx.jit(lambda m, b: objective.lira_loss(m, b, jax.random.key(0), CFG.loss))(
-      model, {k: jax.numpy.asarray(v) for k, v in batch.items()})
-  assert np.isfinite(float(loss)) and float(parts['dice']) > 0
-  assert int(parts['seg_dropped']) == 0  # every [SEG]/[REJ] fits the packed sequence

@@ -1,7 +1,6 @@
-"""Optimiser and a jitted train step over the trainable selection only (the rest is frozen).
-
-The full sharded trainer (gradient accumulation, checkpoints, metrics) builds on these.
-"""
+"""The pieces every train step shares: the trainable selection, LoRA wrapping, the optimiser and
+its schedule, and a jitted loss-and-gradients for inspection (the train step itself is
+lira_jax.train.sharded_step)."""
 from __future__ import annotations
 
 import optax
@@ -38,30 +37,6 @@ def make_tx(cfg, total_steps: int, lr: float | None = None
   tx = optax.chain(optax.clip_by_global_norm(o.clip_norm),
                    optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
   return tx, schedule
-
-
-def make_optimizer(model: nnx.Module, cfg, total_steps: int, lr: float | None = None
-                   ) -> nnx.Optimizer:
-  """`make_tx` over the trainable params only."""
-  tx, _ = make_tx(cfg, total_steps, lr)
-  return nnx.Optimizer(model, tx, wrt=trainable_filter(cfg))
-
-
-def make_train_step(cfg):
-  """step(model, optimizer, batch, rng) -> (loss, logged parts); updates in place."""
-  diff = nnx.DiffState(0, trainable_filter(cfg))
-
-  @nnx.jit
-  def step(model, optimizer, batch, rng):
-    def loss_fn(m):
-      return lira_loss(m, batch, rng, cfg.loss)
-
-    (loss, parts), grads = nnx.value_and_grad(loss_fn, argnums=diff, has_aux=True)(model)
-    optimizer.update(model, grads)
-    parts['grad_norm'] = optax.tree.norm(grads)
-    return loss, parts
-
-  return step
 
 
 def loss_and_grads(cfg):
