@@ -40,7 +40,6 @@ def get_config(arg=None):
   smoke = 'smoke' in parts
   c = lira_common.lira_config(internvl2_2b.get_config('tiny'), tiny=True, stage=stage,
                               lora_rank=0, lora_alpha=0.0)
-  c.stage_args = ','.join(sorted(parts - {'stage1', 'stage2'}))
 
   m = c.model
   m.omg.image_size = 128  # scenes are drawn at this side: no resize between scene and masks
@@ -58,7 +57,8 @@ def get_config(arg=None):
 
   o = STAGE_OPTIM[stage]
   c.optim.update(lr=o['lr'], warmup_ratio=0.05, warmup_start_factor=0.01, weight_decay=0.0,
-                 batch_per_device=8, grad_accum=1)
+                 grad_accum=1)
+  del c.optim['batch_per_device']  # the loop's global batch is cfg.train.batch_size
   c.data = ml_collections.ConfigDict(dict(
       world_seed=0, image_size=m.omg.image_size, max_targets=2, ilvc='no_ilvc' not in parts,
       task_weights=STAGE_TASKS[stage], worker_threads=1, prefetch=4,

@@ -40,6 +40,9 @@ def test_one_batch_overfits_to_near_zero_loss_and_full_ciou():
   out = jax.device_get(teacher_forced.make_predict_fn(graphdef, cfg.tokens.seg, cfg.tokens.rej)(
       (state.trainable, state.frozen), placed))
   has = out['has_slot']
+  gt = batch['gt_masks'] > 0.5
+  np.testing.assert_array_equal(out['inter'], (out['masks'] & gt).sum((-2, -1)))
+  np.testing.assert_array_equal(out['union'], (out['masks'] | gt).sum((-2, -1)))
   gt_empty = batch['gt_masks'].reshape(*has.shape, -1).max(-1) == 0
   np.testing.assert_array_equal(out['reject'][has], gt_empty[has])
   present = has & ~gt_empty
