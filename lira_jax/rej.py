@@ -14,7 +14,8 @@ Evaluation (§1.6), teacher-forced on the GT answer `Sure,{t}:[SEG], {t}:[REJ].`
 that argmax is [SEG], a GT [REJ] is "rejected" only if it is [REJ]. Masks then come from a second
 pass with every [REJ] turned into [SEG] (reeval_ids). Per expression: empty GT + rejected = no-
 target TP (gIoU += 1); empty GT + target = FN (gIoU += 0, the predicted area joins the cIoU
-union); non-empty GT + rejected = FP and non-empty + target = TN, both scored with the mask's I/U.
+union); non-empty GT + rejected = FP and non-empty + target = TN, both scored with the mask's I/U
+(lira_jax.eval.seg_metrics.GresMeter('gsva') sums these).
 
 This model decodes a [SEG] from the hidden state where [SEG] is the input (LIRA's convention), not
 one position earlier as GSVA does; the answer formats and rules above are unchanged by that.
@@ -112,27 +113,3 @@ def teacher_forced_rejection(pred_ids: jax.Array, plan: SequencePlan, seg_id: in
   prev = jnp.take_along_axis(pred_ids, jnp.maximum(plan.seg_index - 1, 0), axis=1)
   rejected = jnp.where(plan.seg_is_rej, prev == rej_id, prev != seg_id)
   return rejected & plan.seg_valid
-
-
-def score_expressions(gt_empty: jax.Array, pred_reject: jax.Array, inter: jax.Array,
-                      union: jax.Array, *, empty_fn_in_union: bool = True) -> dict[str, jax.Array]:
-  """Sums over expressions (arrays [N]; inter/union: foreground pixel counts of the re-evaluated
-  mask vs the GT). empty_fn_in_union is GSVA's gRefCOCO rule (off for other datasets)."""
-  gt_empty, pred_reject = jnp.asarray(gt_empty, bool), jnp.asarray(pred_reject, bool)
-  inter, union = jnp.asarray(inter, jnp.float32), jnp.asarray(union, jnp.float32)
-  fn = gt_empty & ~pred_reject
-  giou = jnp.where(gt_empty, pred_reject.astype(jnp.float32), inter / (union + 1e-8))
-  union_used = jnp.where(gt_empty, jnp.where(fn & empty_fn_in_union, union, 0.0), union)
-  return dict(
-      nt_tp=jnp.sum(gt_empty & pred_reject), nt_fn=jnp.sum(fn),
-      nt_fp=jnp.sum(~gt_empty & pred_reject), nt_tn=jnp.sum(~gt_empty & ~pred_reject),
-      giou_sum=jnp.sum(giou), count=jnp.asarray(gt_empty.shape[0]),
-      inter=jnp.sum(jnp.where(gt_empty, 0.0, inter)), union=jnp.sum(union_used))
-
-
-def gres_metrics(sums: dict[str, jax.Array]) -> dict[str, float]:
-  """N-acc = TP / (TP + FN), T-acc = TN / (TN + FP), gIoU = mean, cIoU = sum I / sum U."""
-  s = {k: float(v) for k, v in sums.items()}
-  return dict(n_acc=s['nt_tp'] / max(s['nt_tp'] + s['nt_fn'], 1.0),
-              t_acc=s['nt_tn'] / max(s['nt_tn'] + s['nt_fp'], 1.0),
-              giou=s['giou_sum'] / max(s['count'], 1.0), ciou=s['inter'] / (s['union'] + 1e-10))

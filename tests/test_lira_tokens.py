@@ -125,20 +125,6 @@ def test_teacher_forced_rejection_rule():
   assert out.tolist() == [[False, True, True, False, False]]
 
 
-def test_gres_scoring():
-  gt_empty = [True, True, False, False]
-  pred_reject = [True, False, True, False]
-  inter, union = [0, 0, 30, 50], [0, 40, 60, 100]
-  sums = rej.score_expressions(gt_empty, pred_reject, inter, union)
-  m = rej.gres_metrics(sums)
-  assert m['n_acc'] == 0.5 and m['t_acc'] == 0.5
-  assert m['giou'] == pytest.approx((1 + 0 + 0.5 + 0.5) / 4)
-  assert m['ciou'] == pytest.approx(80 / 200)  # the FN's predicted area joins the union
-  other = rej.gres_metrics(rej.score_expressions(gt_empty, pred_reject, inter, union,
-                                                 empty_fn_in_union=False))
-  assert other['ciou'] == pytest.approx(80 / 160)
-
-
 @pytest.mark.parametrize('tied', [False, True])
 def test_resize_matches_released_torch_code(tied):
   rng = np.random.default_rng(0)

@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from lira_jax import rej
+from lira_jax.eval import seg_metrics
 from lira_jax.nn.resize import resize_bilinear
 
 
@@ -65,33 +66,26 @@ def make_predict_fn(graphdef: nnx.GraphDef, seg_id: int, rej_id: int):
 
 
 class Accumulator:
-  """Running RES (cIoU / gIoU over every target, LISA's convention) and GRES (lira_jax.rej)
-  sums over batches of `predict` outputs; `add` takes which targets count (bool[B, K])."""
+  """Running RES (LISA's convention) and GRES (GSVA's teacher-forced [REJ] protocol) metrics over
+  batches of `predict` outputs; `add_*` take which targets count (bool[B, K])."""
 
   def __init__(self):
-    self.res = dict(inter=0.0, union=0.0, iou_sum=0.0, count=0)
-    self.gres: dict[str, float] = {}
+    self.res = seg_metrics.ResMeter()
+    self.gres = seg_metrics.GresMeter('gsva')
 
   def add_res(self, out: dict, counted: np.ndarray) -> None:
-    inter, union = np.asarray(out['inter'])[counted], np.asarray(out['union'])[counted]
-    self.res['inter'] += float(inter.sum())
-    self.res['union'] += float(union.sum())
-    self.res['iou_sum'] += float(np.where(union > 0, inter / (union + 1e-5), 1.0).sum())
-    self.res['count'] += int(counted.sum())
+    self.res.add(np.asarray(out['inter'])[counted], np.asarray(out['union'])[counted])
 
   def add_gres(self, out: dict, counted: np.ndarray, gt_empty: np.ndarray) -> None:
-    sums = rej.score_expressions(gt_empty[counted], np.asarray(out['reject'])[counted],
-                                 np.asarray(out['inter'])[counted],
-                                 np.asarray(out['union'])[counted])
-    for key, value in sums.items():
-      self.gres[key] = self.gres.get(key, 0.0) + float(value)
+    self.gres.add(np.asarray(out['inter'])[counted], np.asarray(out['union'])[counted],
+                  gt_empty[counted], np.asarray(out['reject'])[counted])
 
   def metrics(self) -> dict[str, float]:
-    r = self.res
-    out = dict(res_ciou=r['inter'] / (r['union'] + 1e-10),
-               res_giou=r['iou_sum'] / max(r['count'], 1), res_count=r['count'])
-    if self.gres:
-      g = rej.gres_metrics(self.gres)
+    r = self.res.metrics()
+    out = dict(res_ciou=r['ciou'], res_giou=r['giou'], res_count=int(r['count']))
+    if self.gres.count:
+      g = self.gres.metrics()
       out.update(gres_ciou=g['ciou'], gres_giou=g['giou'], gres_nacc=g['n_acc'],
-                 gres_tacc=g['t_acc'], gres_count=int(self.gres['count']))
+                 gres_tacc=g['t_acc'], gres_count=int(g['count']),
+                 **{f'gres_{k.replace("@", "_at_")}': v for k, v in g.items() if '@' in k})
     return out
