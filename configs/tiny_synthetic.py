@@ -1,30 +1,39 @@
 """The embedded default: a tiny LIRA trained from scratch on the synthetic referring world
-(lira_jax/data/synthetic.py), stage 1 then stage 2, then evaluated on the val split. What
+(lira_jax/data/synthetic.py), stage 0, 1 and 2, then evaluated on the val split. What
 `python -m launch.train` runs with no flags; sized for ~15 minutes on 2 CPU cores.
 
 Arg: comma list of
-  stage1 | stage2  which stage's settings (default stage2; launch/train.py runs both in turn)
+  stage0 | stage1 | stage2  which stage's settings (default stage2; launch/train.py runs them in
+                   turn)
   no_ilvc          answers without the local images (ILVC off in training and evaluation)
   no_sefe          stage 2 without the pre-LLM cross attention (SEFE fusion off)
   smoke            a few steps and a handful of eval samples (tests, quick checks)
 
 Departures from the released recipe (configs/lira_2b.py), all because nothing here is
-pretrained: the semantic encoder, the OMG-Seg pixel path and the whole LLM train in both stages
-(the released recipe freezes them and trains LoRA adapters), and the learning rates suit a
-from-scratch model. Everything else (SEFE, the [SEG] path, the losses, stage 1 without InternVL
-tokens and with the projection loss) is the released model at tiny sizes.
+pretrained:
+- stage 0 stands in for the OMG-Seg COCO-panoptic weights LIRA starts from: the pixel path
+  (ConvNeXt + OMG-Seg head) alone learns panoptic segmentation of the synthetic scenes (one
+  thing class per colour and shape, lira_jax/train/panoptic.py). Stages 1 and 2 then keep it
+  frozen, as the released recipe does;
+- the semantic encoder and the whole LLM train in stages 1 and 2 (the released recipe freezes
+  them and trains LoRA adapters), with learning rates that suit a from-scratch model.
+Everything else (SEFE, the [SEG] path, the losses, stage 1 without InternVL tokens and with the
+projection loss) is the released model at tiny sizes.
 """
 import ml_collections
 
 from configs import internvl2_2b, lira_common
+from lira_jax.data import synthetic_panoptic
 
 STAGE_OPTIM = {
+    0: dict(lr=2e-3, steps=400),
     1: dict(lr=2e-3, steps=40),
-    2: dict(lr=3e-3, steps=650),
+    2: dict(lr=3e-3, steps=1400),
 }
 # Task mix per stage (synthetic.make_sample task_weights). Stage 1 is LIRA's pre-training: text
 # answers about the image; stage 2 adds the segmentation tasks.
 STAGE_TASKS = {
+    0: {},  # bare scenes with panoptic targets (lira_jax/data/synthetic_panoptic.py)
     1: dict(gcg=0.3, attr=0.25, vqa=0.25, referring=0.2),
     2: dict(referring=0.4, gres=0.4, gcg=0.1, attr=0.05, vqa=0.05),
 }
@@ -32,18 +41,22 @@ STAGE_TASKS = {
 
 def get_config(arg=None):
   parts = {p for p in (arg or '').split(',') if p}
-  unknown = parts - {'stage1', 'stage2', 'no_ilvc', 'no_sefe', 'smoke'}
-  if unknown or {'stage1', 'stage2'} <= parts:
-    raise ValueError(f'bad config arg {arg!r}: comma list of stage1|stage2, no_ilvc, no_sefe, '
-                     'smoke')
-  stage = 1 if 'stage1' in parts else 2
+  stages = parts & {'stage0', 'stage1', 'stage2'}
+  unknown = parts - {'stage0', 'stage1', 'stage2', 'no_ilvc', 'no_sefe', 'smoke'}
+  if unknown or len(stages) > 1:
+    raise ValueError(f'bad config arg {arg!r}: comma list of stage0|stage1|stage2, no_ilvc, '
+                     'no_sefe, smoke')
+  stage = int(stages.pop()[-1]) if stages else 2
   smoke = 'smoke' in parts
-  c = lira_common.lira_config(internvl2_2b.get_config('tiny'), tiny=True, stage=stage,
+  # Stage 0 builds the stage-1 model (its pixel path is all that runs).
+  c = lira_common.lira_config(internvl2_2b.get_config('tiny'), tiny=True, stage=max(stage, 1),
                               lora_rank=0, lora_alpha=0.0)
+  c.stage = stage
 
   m = c.model
   m.omg.image_size = 128  # scenes are drawn at this side: no resize between scene and masks
   m.omg.head.enc_layers, m.omg.head.dec_layers = 1, 2
+  m.omg.head.num_things, m.omg.head.num_stuff = len(synthetic_panoptic.CLASSES), 0
   m.llm.hidden_size, m.llm.num_layers, m.llm.num_heads, m.llm.num_kv_heads = 96, 3, 4, 2
   m.llm.head_dim, m.llm.mlp_dim = 24, 256
   m.llm.max_position_embeddings = 256
@@ -52,15 +65,18 @@ def get_config(arg=None):
                                             max_tiles=1, use_thumbnail=False))
   c.seq = ml_collections.ConfigDict(dict(max_len=160, max_tiles=1, max_queries=12,
                                          max_regions=2, max_seg=4))
-  c.trainable = (r'.*',)
+  c.trainable = (r'^omg\.',) if stage == 0 else (r'^(?!omg\.)',)
   c.loss.num_points = 1024
+  c.loss.panoptic = ml_collections.ConfigDict(dict(  # Mask2Former's weights
+      cls_weight=2.0, mask_weight=5.0, dice_weight=5.0, no_object_weight=0.1))
 
   o = STAGE_OPTIM[stage]
   c.optim.update(lr=o['lr'], warmup_ratio=0.05, warmup_start_factor=0.01, weight_decay=0.0,
                  grad_accum=1)
   del c.optim['batch_per_device']  # the loop's global batch is cfg.train.batch_size
   c.data = ml_collections.ConfigDict(dict(
-      world_seed=0, image_size=m.omg.image_size, max_targets=2, ilvc='no_ilvc' not in parts,
+      world_seed=0, image_size=m.omg.image_size, max_targets=2, max_objects=6,
+      ilvc='no_ilvc' not in parts,
       task_weights=STAGE_TASKS[stage], worker_threads=1, prefetch=4,
       tfds_dir=''))  # '' generates on the fly; else a lira_jax.data.tfds_synthetic dataset dir
   c.train = ml_collections.ConfigDict(dict(

@@ -1,10 +1,11 @@
 """Train LIRA stage by stage, then evaluate; the README's main job.
 
   python -m launch.train [--config configs/tiny_synthetic.py[:ARGS]] [--workdir DIR]
-                         [--stages 1,2] [--no-eval]
+                         [--stages 0,1,2] [--no-eval]
 
 With no flags: the tiny LIRA of configs/tiny_synthetic.py trained from scratch on the synthetic
-referring world (stage 1, then stage 2 seeded from stage 1), evaluated on the val split (RES
+referring world (stage 0 pre-trains the pixel path on panoptic scenes, then stage 1 and stage 2,
+each seeded from the one before), evaluated on the val split (RES
 cIoU/gIoU, GRES cIoU/gIoU/N-acc/T-acc), a metrics table printed, PNG overlays and metrics.json
 written; the last output line is the metrics.json path. Each stage resumes from its latest
 checkpoint in WORKDIR/stageN, so re-running after an interruption continues where it stopped.
@@ -80,7 +81,7 @@ def main(argv=None) -> None:
   parser.add_argument('--config', default=DEFAULT_CONFIG,
                       help='config file[:args]; the stage is appended to the args')
   parser.add_argument('--workdir', default='runs/tiny_synthetic')
-  parser.add_argument('--stages', default='1,2', help='comma list of stages to run, in order')
+  parser.add_argument('--stages', default='0,1,2', help='comma list of stages to run, in order')
   parser.add_argument('--no-eval', action='store_true')
   args = parser.parse_args(argv)
   path = run(args.config, args.workdir, [int(s) for s in args.stages.split(',')],

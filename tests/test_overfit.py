@@ -1,6 +1,7 @@
 """The sharded step of the embedded default (tiny LIRA trained from scratch) overfits one batch of
-synthetic samples (a referring one, a GRES one with a present and an absent target): the loss falls near zero and the teacher-forced evaluator
-scores the batch's masks at cIoU near 1 with every [SEG]/[REJ] decision right."""
+synthetic samples (a referring one, a GRES one with a present and an absent target): the loss
+falls near zero and the teacher-forced evaluator scores the batch's masks at cIoU near 1 with
+every [SEG]/[REJ] decision right."""
 import jax
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ STEPS = 120
 def test_one_batch_overfits_to_near_zero_loss_and_full_ciou():
   cfg = stage_config('configs/tiny_synthetic.py:smoke', 2)
   cfg.optim.update(lr=3e-3, warmup_ratio=0.05)
+  cfg.trainable = ('.*',)  # the pixel path too: stage 2 freezes it, but here it is untrained
   tok = world_tokenizer(synthetic.vocabulary_texts(), cfg.tokens)
   d = cfg.data
   samples = [synthetic.make_sample('train', i, task=task, size=d.image_size)

@@ -32,7 +32,7 @@ def test_batches_follow_the_stage_stream():
   it = iter(pipeline.train_dataset(CFG, TOK, num_batches=3))
   next(it)
   second = next(it)
-  start = pipeline.STAGE_STREAM_OFFSET  # stage 2
+  start = 2 * pipeline.STAGE_STREAM_OFFSET  # stage 2
   want = synthetic.collate([_element(start + 4 + j) for j in range(4)])
   _assert_batches_equal(second, want)
 

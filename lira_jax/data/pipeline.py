@@ -15,7 +15,7 @@ import functools
 import grain
 import jax
 
-from lira_jax.data import synthetic, tfds_synthetic
+from lira_jax.data import synthetic, synthetic_panoptic, tfds_synthetic
 
 # Every stage draws from its own stretch of the endless train stream (different scenes).
 STAGE_STREAM_OFFSET = 10_000_000
@@ -31,23 +31,38 @@ def _encode(sample: synthetic.Sample, *, cfg, tokenizer) -> dict:
   return synthetic.encode_sample(sample, tokenizer, cfg, ilvc=cfg.data.ilvc)
 
 
+def _panoptic(index: int, *, cfg) -> dict:
+  d = cfg.data
+  rng = synthetic.sample_rng('train', index, d.world_seed)
+  return synthetic_panoptic.encode_panoptic(synthetic.make_scene(rng, d.image_size), cfg)
+
+
+def _samples(cfg, index: int, stop: int, count: int) -> grain.MapDataset:
+  """This process's samples index, index + count, ... < stop of the stage's train stream."""
+  if cfg.data.get('tfds_dir'):
+    records = grain.MapDataset.source(tfds_synthetic.data_source(cfg.data.tfds_dir, 'train'))
+    return records.repeat()[index:stop:count].map(tfds_synthetic.record_to_sample)
+  start = int(cfg.stage) * STAGE_STREAM_OFFSET
+  return grain.MapDataset.range(start + index, start + stop, count).map(
+      functools.partial(_generate, split='train', cfg=cfg))
+
+
 def train_dataset(cfg, tokenizer, *, num_batches: int) -> grain.IterDataset:
   """num_batches global batches of cfg.train.batch_size for this process (its share of each),
-  from the train stream of cfg.stage. Elements: synthetic.collate batches of numpy arrays."""
+  from the train stream of cfg.stage. Elements: synthetic.collate batches of numpy arrays
+  (stage 0: synthetic_panoptic elements of bare scenes)."""
   count, index = jax.process_count(), jax.process_index()
   global_batch = int(cfg.train.batch_size)
   if global_batch % count:
     raise ValueError(f'batch_size {global_batch} does not split over {count} processes')
-  d = cfg.data
   stop = num_batches * global_batch
-  if d.get('tfds_dir'):
-    records = grain.MapDataset.source(tfds_synthetic.data_source(d.tfds_dir, 'train'))
-    samples = records.repeat()[index:stop:count].map(tfds_synthetic.record_to_sample)
+  if int(cfg.stage) == 0:
+    encoded = grain.MapDataset.range(index, stop, count).map(
+        functools.partial(_panoptic, cfg=cfg))
   else:
-    start = (int(cfg.stage) - 1) * STAGE_STREAM_OFFSET
-    samples = grain.MapDataset.range(start + index, start + stop, count).map(
-        functools.partial(_generate, split='train', cfg=cfg))
-  return (samples.map(functools.partial(_encode, cfg=cfg, tokenizer=tokenizer))
+    encoded = _samples(cfg, index, stop, count).map(
+        functools.partial(_encode, cfg=cfg, tokenizer=tokenizer))
+  return (encoded
           .batch(global_batch // count, batch_fn=synthetic.collate)
-          .to_iter_dataset(grain.ReadOptions(num_threads=int(d.worker_threads),
-                                             prefetch_buffer_size=int(d.prefetch))))
+          .to_iter_dataset(grain.ReadOptions(num_threads=int(cfg.data.worker_threads),
+                                             prefetch_buffer_size=int(cfg.data.prefetch))))

@@ -137,7 +137,9 @@ class Conv(nnx.Module):
 # Patch embeddings, 1x1 convs and depthwise convs are written as matmuls and shifted sums: same
 # arithmetic, but XLA's CPU convolution emitter has no fast path for their weight gradients
 # (measured 2-5x slower per layer on the 2-core CI machine), and these forms are as good on GPU/TPU.
+# Each is jitted so that an eager call (tests, conversion checks) is one program, not k*k ops.
 
+@jax.jit
 def _patchify_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """Non-overlapping kernel (stride == kernel size): x f32[B, H, W, C], kernel f32[kh, kw, C, O]
   -> f32[B, H // kh, W // kw, O]; rows/columns past the last whole patch are dropped."""
@@ -148,6 +150,7 @@ def _patchify_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return jnp.einsum('bhiwjc,ijco->bhwo', patches, kernel, precision=jax.lax.Precision.HIGHEST)
 
 
+@jax.jit
 def _shifted_matmul_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """Stride-1 dense conv of a padded input: x f32[B, H, W, C], kernel f32[kh, kw, C, O]
   -> f32[B, H - kh + 1, W - kw + 1, O], one matmul per kernel tap."""
@@ -158,6 +161,7 @@ def _shifted_matmul_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return sum(taps[1:], taps[0])
 
 
+@jax.jit
 def _depthwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   """Stride-1 depthwise conv of a padded input: x f32[B, H, W, C], kernel f32[kh, kw, 1, C]
   -> f32[B, H - kh + 1, W - kw + 1, C], one shifted multiply-add per kernel tap."""

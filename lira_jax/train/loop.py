@@ -56,7 +56,9 @@ def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
 def _log_row(m: dict, steps: int, seconds: float, batch: dict) -> dict[str, float]:
   row = {k: float(v) for k, v in m.items()}
   row['step_time'] = seconds / max(steps, 1)
-  row['tokens_per_s'] = float(np.sum(batch['text_valid'])) * jax.process_count() / row['step_time']
+  if 'text_valid' in batch:  # stage 0 batches are images only
+    row['tokens_per_s'] = (float(np.sum(batch['text_valid'])) * jax.process_count() /
+                           row['step_time'])
   return row
 
 
@@ -106,7 +108,7 @@ def train_stage(cfg, workdir: str, mesh: Mesh, make_dataset, *, init_from=None, 
       row = _log_row(m, step - last_step, now - last, batch)
       last, last_step = now, step
       writer.write(step, row)
-      shown = {k: row[k] for k in ('loss', 'text', 'dice', 'bce', 'proj') if k in row}
+      shown = {k: row[k] for k in ('loss', 'text', 'cls', 'dice', 'bce', 'proj') if k in row}
       log(progress.line(step, shown), end='\r' if sys.stdout.isatty() else '\n')
     if step % int(t.checkpoint_every) == 0 or step == total:
       ckpt.save(step, state, iterator.get_state(), force=True)

@@ -28,7 +28,7 @@ _F32_EPS = float(np.finfo(np.float32).eps)
 # The reference passes avg_factor = count + 1e-4 (OMG-Seg `llm_seg_loss`).
 _AVG_OFFSET = 1e-4
 # Keys of `total_loss` parts that are losses; anything else is passed through for logging.
-LOSS_KEYS = ('text', 'dice', 'bce', 'proj')
+LOSS_KEYS = ('text', 'dice', 'bce', 'proj', 'cls')
 
 
 # ----------------------------------------------------------------------------------------- text
@@ -204,9 +204,11 @@ def projection_loss(pred: jax.Array, target: jax.Array, weight: float = 10.0,
 def total_loss(parts: Mapping[str, jax.Array], loss_cfg
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(total, logged) from parts: 'text' = unweighted `text_loss`; optional 'dice', 'bce' (from
-  `mask_losses`) and 'proj' (from `projection_loss`) already carry their weights; other entries
-  (counts) pass through to `logged`. `logged['text']` is the weighted text term."""
+  `mask_losses` or the panoptic loss), 'proj' (from `projection_loss`) and 'cls' (panoptic)
+  already carry their weights; other entries (counts) pass through to `logged`.
+  `logged['text']` is the weighted text term."""
   logged = dict(parts)
-  logged['text'] = loss_cfg.text_weight * parts['text']
+  if 'text' in parts:
+    logged['text'] = loss_cfg.text_weight * parts['text']
   total = sum(logged[k] for k in LOSS_KEYS if k in logged)
   return total, logged

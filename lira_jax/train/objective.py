@@ -1,18 +1,25 @@
 """The LIRA training objective as released: text CE + (stage 2) point-sampled Dice/BCE over every
-[SEG] prediction step, or (stage 1) text CE + the query re-projection MSE."""
+[SEG] prediction step, or (stage 1) text CE + the query re-projection MSE; stage 0 (synthetic
+pre-training of the pixel path only) is the panoptic loss of the OMG-Seg decoder."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
 from lira_jax.models.lira import LIRA, seg_targets
-from lira_jax.train import losses
+from lira_jax.train import losses, panoptic
 
 
 def lira_loss(model: LIRA, batch: dict, rng: jax.Array, loss_cfg, *, pixel_feats=None
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(total loss f32[], logged parts). batch: LIRA.__call__'s inputs plus gt_masks
-  f32[B, K, Hg, Wg] (target k of a sample is the k-th [SEG]/[REJ] target of its answer)."""
+  f32[B, K, Hg, Wg] (target k of a sample is the k-th [SEG]/[REJ] target of its answer); in
+  stage 0: pixels and the synthetic_panoptic targets."""
+  if model.stage == 0:
+    dec = model.omg(batch['pixels']).decoder
+    return losses.total_loss(
+        panoptic.panoptic_loss(dec.class_logits, dec.mask_logits, batch, loss_cfg.panoptic),
+        loss_cfg)
   out = model(batch, pixel_feats=pixel_feats)
   text, num_tokens = losses.text_loss(out.logits, out.plan.labels)
   parts = {'text': text, 'num_tokens': num_tokens}
