@@ -42,6 +42,18 @@ def test_panoptic_loss_on_a_hand_computed_case():
   assert int(parts['num_instances']) == 1
 
 
+def test_padding_slot_does_not_erase_a_match_to_query_0():
+  # The instance fits query 0 (logits +-2 on its mask), query 1 is undecided: query 0 takes
+  # class 0 and query 1 is no-object, whatever the padding slot's placeholder match is.
+  mask_logits = jnp.array([[[[2.0, -2.0]], [[0.0, 0.0]]]])[None]
+  class_logits = jnp.array([[[[3.0, 0.0], [0.0, 3.0]]]])  # both queries confident and right
+  batch = dict(pan_masks=jnp.array([[[[1.0, 0.0]], [[0.0, 1.0]]]]),
+               pan_classes=jnp.array([[0, 0]]), pan_valid=jnp.array([[True, False]]))
+  parts = panoptic.panoptic_loss(class_logits, mask_logits, batch, WEIGHTS)
+  # Each CE term is -log softmax([3, 0])[0] = log(1 + e^-3); weighted mean of equal terms.
+  np.testing.assert_allclose(parts['cls'], 2.0 * math.log1p(math.exp(-3)), rtol=1e-5)
+
+
 def test_panoptic_targets_of_a_scene():
   cfg = stage_config('configs/tiny_synthetic.py:smoke', 0)
   scene = synthetic.make_scene(np.random.default_rng(3), cfg.data.image_size)

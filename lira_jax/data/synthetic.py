@@ -356,6 +356,13 @@ def _tiling_cfg(cfg):
   return t
 
 
+def pixel_frame_mask(mask: np.ndarray, size: int) -> np.ndarray:
+  """bool[H, W] scene mask -> f32[size, size] in the pixel encoder's frame (padded to a square
+  like the image, nearest-neighbour resized)."""
+  square, _ = pixel_preprocess.pad_to_square(Image.fromarray(mask.astype(np.uint8)), (0,))
+  return np.asarray(square.resize((size, size), Image.NEAREST), np.float32)
+
+
 def encode_sample(sample: Sample, tokenizer, cfg, *, ilvc: bool) -> dict[str, np.ndarray]:
   """One LIRA batch element (no batch axis), padded to the cfg buffers:
   pixels f32[S, S, 3], tiles f32[T, s, s, 3], tile_valid bool[T], regions f32[R, s, s, 3],
@@ -385,8 +392,7 @@ def encode_sample(sample: Sample, tokenizer, cfg, *, ilvc: bool) -> dict[str, np
     raise ValueError(f'{len(masks)} targets do not fit max_seg={k}')
   gt_masks = np.zeros((k, size, size), np.float32)
   for j, mask in enumerate(masks):
-    square, _ = pixel_preprocess.pad_to_square(Image.fromarray(mask.astype(np.uint8)), (0,))
-    gt_masks[j] = np.asarray(square.resize((size, size), Image.NEAREST), np.float32)
+    gt_masks[j] = pixel_frame_mask(mask, size)
   return dict(pixels=pixels, tiles=tiles, tile_valid=tile_valid, regions=regions,
               region_valid=region_valid, ids=ids[0], labels=labels[0], text_valid=text_valid[0],
               gt_masks=gt_masks)

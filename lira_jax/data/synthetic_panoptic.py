@@ -10,7 +10,7 @@ from PIL import Image
 
 import lira_jax  # noqa: F401  (project convention: imported first everywhere)
 from lira_jax.data import pixel_preprocess
-from lira_jax.data.synthetic import COLOURS, SHAPES, Scene
+from lira_jax.data.synthetic import COLOURS, SHAPES, Scene, pixel_frame_mask
 
 CLASSES = tuple(f'{c} {s}' for c in COLOURS for s in SHAPES)
 
@@ -34,8 +34,7 @@ def encode_panoptic(scene: Scene, cfg) -> dict[str, np.ndarray]:
   classes = np.zeros((m,), np.int32)
   valid = np.zeros((m,), bool)
   for j, obj in enumerate(scene.objects):
-    square, _ = pixel_preprocess.pad_to_square(Image.fromarray(obj.mask.astype(np.uint8)), (0,))
-    full = np.asarray(square.resize((size, size), Image.NEAREST), np.float32)
+    full = pixel_frame_mask(obj.mask, size)
     masks[j] = full.reshape(size // stride, stride, size // stride, stride).mean((1, 3))
     classes[j], valid[j] = class_id(obj.colour, obj.shape), True
   return dict(pixels=pixels, pan_masks=masks, pan_classes=classes, pan_valid=valid)

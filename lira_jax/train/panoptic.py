@@ -59,8 +59,10 @@ def _step_loss(class_logits, mask_logits, gt_masks, gt_classes, gt_valid, w):
   cost = w.cls_weight * cls_cost + w.mask_weight * bce + w.dice_weight * dice
   match = greedy_match(jax.lax.stop_gradient(cost), gt_valid)
 
-  target = jnp.full((q,), k1 - 1, jnp.int32).at[match].set(
-      jnp.where(gt_valid, gt_classes, k1 - 1), mode='drop')
+  # Padding slots scatter out of range: their placeholder match (query 0) must not overwrite a
+  # real instance's class.
+  target = jnp.full((q,), k1 - 1, jnp.int32).at[jnp.where(gt_valid, match, q)].set(
+      gt_classes, mode='drop')
   weight = jnp.where(target == k1 - 1, w.no_object_weight, 1.0)
   ce = -jnp.take_along_axis(log_p, target[:, None], axis=1)[:, 0]
   pair = jnp.arange(gt_valid.shape[0])
