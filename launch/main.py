@@ -23,7 +23,7 @@ from flax import nnx
 import lira_jax  # noqa: F401
 from convert import cli, internvl2
 from lira_jax import param_io
-from lira_jax.infer.generate import greedy_decode
+from lira_jax.infer.generate import generate_tokens
 from lira_jax.models.internvl import InternVL
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
   tiles = jnp.asarray(inputs['pixel_values']).transpose(0, 2, 3, 1)[None]
   ids = jnp.asarray(inputs['input_ids'], jnp.int32)
   embeds = jax.jit(lambda m, i, t: m.input_embeddings(i, t))(model, ids, tiles)
-  tokens, _ = greedy_decode(model.llm, embeds, jnp.ones(ids.shape, bool),
+  tokens = generate_tokens(model.llm, embeds, jnp.ones(ids.shape, bool), jax.random.key(0),
                             max_new_tokens=args.new_tokens)
   cached = [int(t) for t in tokens[0]]
   reference = full_forward_greedy(model, embeds, args.new_tokens)

@@ -115,9 +115,9 @@ def _clip8(acc: jax.Array) -> jax.Array:
   return jnp.clip((acc + (1 << (_PRECISION_BITS - 1))) >> _PRECISION_BITS, 0, 255)
 
 
-def region_pixels(image: jax.Array, mask: jax.Array, image_hw: jax.Array | None = None
-                  ) -> jax.Array:
-  """Jittable: i32[448, 448, 3] uint8 levels of the local image (before normalisation).
+def region_pixels(image: jax.Array, mask: jax.Array, image_hw: jax.Array | None = None,
+                  size: int = REGION_SIZE) -> jax.Array:
+  """Jittable: i32[size, size, 3] uint8 levels of the local image (before normalisation).
 
   image: [H, W, 3] RGB levels in [0, 255] (uint8, or float holding integers), top-left aligned in
   a static buffer; mask bool[H, W] (false outside the real image); image_hw i32[2]: the real
@@ -137,8 +137,8 @@ def region_pixels(image: jax.Array, mask: jax.Array, image_hw: jax.Array | None 
   bottom = jnp.where(empty, hw[0], big_h - jnp.argmax(rows[::-1]))
   right = jnp.where(empty, hw[1], big_w - jnp.argmax(cols[::-1]))
 
-  wx = _resample_weights(left, right - left, big_w, REGION_SIZE)
-  wy = _resample_weights(top, bottom - top, big_h, REGION_SIZE)
+  wx = _resample_weights(left, right - left, big_w, size)
+  wy = _resample_weights(top, bottom - top, big_h, size)
   horizontal = _clip8(jnp.einsum('yxc,ox->yoc', pixels, wx, preferred_element_type=jnp.int32))
   return _clip8(jnp.einsum('yoc,py->poc', horizontal, wy, preferred_element_type=jnp.int32))
 
@@ -150,11 +150,11 @@ def normalize_tile(levels: jax.Array) -> jax.Array:
   return (x - IMAGENET_MEAN) / IMAGENET_STD
 
 
-def region_tiles(image: jax.Array, masks: jax.Array, image_hw: jax.Array | None = None
-                 ) -> jax.Array:
-  """Jittable: f32[R, 448, 448, 3] tiles for image [H, W, 3] and masks bool[R, H, W] (masks[r] =
-  the mask of target r; slots beyond the sample's targets are masked out downstream)."""
-  return jax.vmap(lambda m: normalize_tile(region_pixels(image, m, image_hw)))(masks)
+def region_tiles(image: jax.Array, masks: jax.Array, image_hw: jax.Array | None = None,
+                 size: int = REGION_SIZE) -> jax.Array:
+  """Jittable: f32[R, size, size, 3] tiles for image [H, W, 3] and masks bool[R, H, W] (masks[r]
+  = the mask of target r; slots beyond the sample's targets are masked out downstream)."""
+  return jax.vmap(lambda m: normalize_tile(region_pixels(image, m, image_hw, size)))(masks)
 
 
 def region_slots(ids: Sequence[int], max_regions: int) -> np.ndarray:

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from configs.common import llm_config
-from lira_jax.models.llm import LLM
+from lira_jax.testing.hf_llm import jax_model, torch_model
 
 TOL = 1e-4
 VOCAB, D, LAYERS, HEADS, KV_HEADS, MLP = 64, 64, 2, 4, 2, 96
@@ -25,61 +24,6 @@ def make_cfg(family, *, max_pos, dynamic=True, tie=False):
       num_kv_heads=KV_HEADS, mlp_dim=MLP, norm_eps=1e-5 if family == 'internlm2' else 1e-6,
       rope_theta=1e6, rope_scaling={'type': 'dynamic', 'factor': 2.0} if dynamic else None,
       max_position_embeddings=max_pos, tie_embeddings=tie)
-
-
-def torch_model(cfg, seed=0):
-  """A fresh transformers model (the dynamic rope is stateful, so never reuse one across calls)
-  with seeded non-trivial weights: norms N(1, 0.2²), biases N(0, 0.1²), Linear N(0, 1/fan_in)."""
-  common = dict(
-      vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.mlp_dim,
-      num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-      num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.norm_eps,
-      max_position_embeddings=cfg.max_position_embeddings,
-      tie_word_embeddings=cfg.tie_embeddings, attn_implementation='eager',
-      rope_parameters=({'rope_type': 'dynamic', 'factor': cfg.rope_scaling.factor,
-                        'rope_theta': cfg.rope_theta} if cfg.rope_scaling else
-                       {'rope_type': 'default', 'rope_theta': cfg.rope_theta}))
-  if cfg.family == 'qwen2':
-    model = Qwen2ForCausalLM(Qwen2Config(**common))
-  else:
-    model = LlamaForCausalLM(LlamaConfig(attention_bias=False, mlp_bias=False, **common))
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      noise = torch.randn(p.shape, generator=gen)
-      if 'norm' in name:
-        p.copy_(1.0 + 0.2 * noise)
-      elif name.endswith('bias'):
-        p.copy_(0.1 * noise)
-      elif 'embed' in name:
-        p.copy_(noise)
-      else:
-        p.copy_(noise / np.sqrt(p.shape[1]))
-  return model.eval()
-
-
-_NAMES = {'wq': 'self_attn.q_proj', 'wk': 'self_attn.k_proj', 'wv': 'self_attn.v_proj',
-          'wo': 'self_attn.o_proj', 'w1': 'mlp.gate_proj', 'w3': 'mlp.up_proj',
-          'w2': 'mlp.down_proj'}
-
-
-def jax_model(cfg, seed=0):
-  """Our LLM carrying the weights of `torch_model(cfg, seed)`."""
-  sd = {k: v.detach().numpy() for k, v in torch_model(cfg, seed).state_dict().items()}
-  stack = lambda n: jnp.asarray(np.stack([sd[f'model.layers.{i}.{n}'] for i in range(LAYERS)]))
-  model = LLM(cfg, rngs=nnx.Rngs(0))
-  model.embed.embedding[...] = jnp.asarray(sd['model.embed_tokens.weight'])
-  for ours, theirs in _NAMES.items():
-    linear = getattr(model.layers, ours)
-    linear.kernel[...] = stack(f'{theirs}.weight').transpose(0, 2, 1)
-    if linear.bias is not None:
-      linear.bias[...] = stack(f'{theirs}.bias')
-  model.layers.attention_norm.scale[...] = stack('input_layernorm.weight')
-  model.layers.ffn_norm.scale[...] = stack('post_attention_layernorm.weight')
-  model.norm.scale[...] = jnp.asarray(sd['model.norm.weight'])
-  if model.lm_head is not None:
-    model.lm_head.kernel[...] = jnp.asarray(sd['lm_head.weight'].T)
-  return model
 
 
 def random_ids(seed, *shape):
@@ -245,3 +189,17 @@ def test_no_recompilation_when_validity_changes():
     _, _, cache = _extend(graphdef, state, ids[:, :1], valid[:, :1], cache)
     sizes.append((_forward._cache_size(), _extend._cache_size()))
   assert len(set(sizes)) == 1, sizes
+
+
+def test_unstacked_layers_decode_the_same():
+  """The per-layer layout for decoding gives the stacked model's logits, cached and not."""
+  cfg = make_cfg('internlm2', max_pos=MAX_POS)
+  stacked, unstacked = jax_model(cfg), jax_model(cfg)
+  unstacked.unstack_layers()
+  assert len(unstacked.layers) == cfg.num_layers
+  ids = random_ids(5, 2, 10)
+  valid = np.ones(ids.shape, bool)
+  np.testing.assert_allclose(np.asarray(our_forward(unstacked, ids)['logits']),
+                             np.asarray(our_forward(stacked, ids)['logits']), atol=1e-5)
+  np.testing.assert_allclose(decode(unstacked, ids, valid, [6, 1, 3]),
+                             decode(stacked, ids, valid, [6, 1, 3]), atol=1e-5)

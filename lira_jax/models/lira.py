@@ -66,11 +66,10 @@ class LIRA(nnx.Module):
     feats = self.vision(tiles.reshape(b * t, *tiles.shape[2:]))
     return feats.reshape(b, t * feats.shape[1], feats.shape[2])
 
-  def __call__(self, batch: dict, *, pixel_feats=None) -> LiraOutputs:
-    """batch: pixels f32[B, S, S, 3], tiles f32[B, T, s, s, 3], tile_valid bool[B, T],
-    regions f32[B, R, s, s, 3], region_valid bool[B, R], ids / labels i32[B, Lt] (with
-    sequence.IMAGE_TOKEN_INDEX sentinels), text_valid bool[B, Lt].
-    pixel_feats: optional precomputed backbone maps (to run without a ConvNeXt)."""
+  def encode_images(self, batch: dict, *, pixel_feats=None):
+    """The image side of a batch (pixels f32[B, S, S, 3], tiles f32[B, T, s, s, 3], tile_valid
+    bool[B, T]) -> (OMG-Seg outputs, SEFE visual tokens). pixel_feats: optional precomputed
+    backbone maps (to run without a ConvNeXt)."""
     omg = (self.omg(batch['pixels'], max_valid=self.max_queries) if pixel_feats is None else
            self.omg.from_features(pixel_feats, max_valid=self.max_queries))
     prior = omg.prior
@@ -81,28 +80,47 @@ class LIRA(nnx.Module):
       semantic_valid = jnp.repeat(batch['tile_valid'], self.tokens_per_tile, axis=1)
     visual = self.projector(omg.clip_feature, prior.query_pos_feat, prior.valid, semantic,
                             semantic_valid, max_queries=self.max_queries)
-    regions = batch['regions']
-    b, r = regions.shape[:2]
-    region_tokens = self.encode_tiles(regions).reshape(b, r, self.tokens_per_tile, -1)
+    return omg, visual
 
+  def embed_sequence(self, batch: dict, visual, region_tokens: jax.Array, region_valid: jax.Array
+                     ) -> tuple[sequence.SequencePlan, jax.Array]:
+    """ids / labels i32[B, Lt], text_valid bool[B, Lt] with the visual tokens and region tokens
+    f32[B, R, N, H] (R may be 0) -> (plan, LLM input embeddings f32[B, L, H])."""
     plan = sequence.plan_sequence(
-        batch['ids'], batch['labels'], batch['text_valid'], visual.valid, batch['region_valid'],
+        batch['ids'], batch['labels'], batch['text_valid'], visual.valid, region_valid,
         region_tokens=self.tokens_per_tile, max_len=self.max_len, max_seg=self.max_seg,
         tokens=self.tokens)
     text_embeds = self.llm.embed_tokens(sequence.text_embed_ids(batch['ids']))
-    embeds = sequence.gather_sequence(plan, text_embeds, visual.tokens, region_tokens)
+    return plan, sequence.gather_sequence(plan, text_embeds, visual.tokens, region_tokens)
+
+  def decode_seg(self, hidden: jax.Array, valid: jax.Array, omg) -> jax.Array:
+    """[SEG] hidden states f32[B, M, H] (final-normed), valid bool[B, M] -> mask logits
+    f32[P, B·M, h, w] (P prediction steps; zeros where not valid)."""
+    b, m = valid.shape
+    queries = self.text2vision(hidden).reshape(b * m, -1).astype(jnp.float32)
+    image_index = jnp.repeat(jnp.arange(b, dtype=jnp.int32), m)
+    return self.omg.forward_seg(queries, image_index, valid.reshape(-1), omg.mask_features,
+                                omg.memories).mask_logits
+
+  def __call__(self, batch: dict, *, pixel_feats=None) -> LiraOutputs:
+    """batch: the image side of `encode_images`, regions f32[B, R, s, s, 3], region_valid
+    bool[B, R], ids / labels i32[B, Lt] (with sequence.IMAGE_TOKEN_INDEX sentinels),
+    text_valid bool[B, Lt]."""
+    omg, visual = self.encode_images(batch, pixel_feats=pixel_feats)
+    regions = batch['regions']
+    b, r = regions.shape[:2]
+    region_tokens = self.encode_tiles(regions).reshape(b, r, self.tokens_per_tile, -1)
+    plan, embeds = self.embed_sequence(batch, visual, region_tokens, batch['region_valid'])
     out = self.llm(embeds, plan.valid, return_hidden_states=True)
 
     # [SEG] hidden states (final-normed, where the input token is [SEG]) -> OMG-Seg queries.
     hidden = jnp.take_along_axis(out['last_hidden'], plan.seg_index[..., None], axis=1)
-    seg_valid = (plan.seg_valid & ~plan.seg_is_rej).reshape(-1)
-    queries = self.text2vision(hidden).reshape(b * self.max_seg, -1).astype(jnp.float32)
-    image_index = jnp.repeat(jnp.arange(b, dtype=jnp.int32), self.max_seg)
-    seg = self.omg.forward_seg(queries, image_index, seg_valid, omg.mask_features, omg.memories)
-    return LiraOutputs(logits=out['logits'], plan=plan, seg_mask_logits=seg.mask_logits,
-                       seg_valid=seg_valid, hidden=out['last_hidden'],
-                       query_feat=prior.query_pos_feat,
-                       query_keep=prior.attention_mask.sum(-1) > 0)
+    seg_valid = plan.seg_valid & ~plan.seg_is_rej
+    return LiraOutputs(logits=out['logits'], plan=plan,
+                       seg_mask_logits=self.decode_seg(hidden, seg_valid, omg),
+                       seg_valid=seg_valid.reshape(-1), hidden=out['last_hidden'],
+                       query_feat=omg.prior.query_pos_feat,
+                       query_keep=omg.prior.attention_mask.sum(-1) > 0)
 
   def reproject_queries(self, query_feat: jax.Array) -> jax.Array:
     """Stage-1 projection path g -> query_proj -> model -> text2vision: f32[..., 2C] -> [..., 2C]

@@ -57,8 +57,26 @@ def causal_mask(query_index: jax.Array, key_valid: jax.Array) -> jax.Array:
 
 
 def write_at(buffer: jax.Array, new: jax.Array, index: jax.Array, axis: int) -> jax.Array:
-  """Writes `new` into `buffer` at `index` along `axis` (slots [index, index + new.shape[axis]))."""
-  return jax.lax.dynamic_update_slice_in_dim(buffer, new.astype(buffer.dtype), index, axis)
+  """Writes `new` into `buffer` at `index` along `axis` (slots [index, index + new.shape[axis])).
+  index i32[] (every row alike) or i32[B] (one offset per row of the batch axis, axis - 1)."""
+  new = new.astype(buffer.dtype)
+  index = jnp.asarray(index, jnp.int32)
+  if index.ndim == 0:
+    return jax.lax.dynamic_update_slice_in_dim(buffer, new, index, axis)
+  row = lambda b, n, i: jax.lax.dynamic_update_slice_in_dim(b, n, i, axis - 1)
+  return jax.vmap(row, in_axes=(axis - 1, axis - 1, 0), out_axes=axis - 1)(buffer, new, index)
+
+
+def chunk_mask(valid_before: jax.Array, valid_after: jax.Array, start: jax.Array, size: int
+               ) -> jax.Array:
+  """bool[B, C, S] for a chunk of C = size new tokens written at buffer slots [start, start + C)
+  (start i32[] or i32[B]): every token already in the cache (valid_before bool[B, S]: all of
+  them come earlier in sequence order, wherever they sit in the buffer) plus the valid new
+  tokens up to itself (valid_after bool[B, S]: the validity once the chunk is written)."""
+  key = jnp.arange(valid_before.shape[-1], dtype=jnp.int32)[None, None, :]
+  start = jnp.broadcast_to(jnp.asarray(start, jnp.int32), valid_before.shape[:1])[:, None, None]
+  last = start + jnp.arange(size, dtype=jnp.int32)[None, :, None]
+  return valid_before[:, None, :] | (valid_after[:, None, :] & (key >= start) & (key <= last))
 
 
 @struct.dataclass
@@ -66,7 +84,9 @@ class KVCache:
   """Fixed-size per-layer key/value buffers for incremental decoding (a pytree; jit-friendly).
 
   All samples share one write index: each call writes the same number of slots for every sample
-  and `valid` marks which of them hold real tokens.
+  and `valid` marks which of them hold real tokens. A chunk may also go to per-sample slots
+  outside that stream (LLM.extend with `slots`, e.g. ILVC region tokens in a reserved tail):
+  attention follows validity, not buffer order, so such tokens are seen by everything after.
 
   k, v: f32[L, B, S, K, H] keys (already rotated) and values; S is the buffer capacity.
   valid: bool[B, S] which buffer slots hold real tokens.
