@@ -85,3 +85,10 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec_)
   spec_.loader.exec_module(module)
   return module.get_config(arg or None)
+
+
+def stage_config(spec: str, stage: int) -> ml_collections.ConfigDict:
+  """`path[:args]` of a staged config (e.g. configs/tiny_synthetic.py) with `stageN` appended to
+  its args."""
+  path, _, arg = spec.partition(':')
+  return load_config(f'{path}:{",".join(p for p in (arg, f"stage{stage}") if p)}')

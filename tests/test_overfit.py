@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import lira_jax  # noqa: F401
-from launch.train import stage_config
+from configs.common import stage_config
 from lira_jax import sharding
-from lira_jax.data import synthetic
+from lira_jax.data import encode, synthetic
 from lira_jax.data.synthetic_tokenizer import world_tokenizer
 from lira_jax.eval import teacher_forced
 from lira_jax.train import sharded_step
@@ -27,7 +27,7 @@ def test_one_batch_overfits_to_near_zero_loss_and_full_ciou():
   d = cfg.data
   samples = [synthetic.make_sample('train', i, task=task, size=d.image_size)
              for i, task in ((0, 'referring'), (2, 'gres'))]
-  batch = synthetic.collate([synthetic.encode_sample(s, tok, cfg, ilvc=True) for s in samples])
+  batch = encode.collate([synthetic.encode_sample(s, tok, cfg, ilvc=True) for s in samples])
   mesh = sharding.make_mesh({'data': 1}, devices=jax.devices()[:1])
   graphdef, state, shardings = sharded_step.build_train_state(cfg, mesh)
   step = sharded_step.make_sharded_train_step(cfg, mesh, graphdef, shardings, total_steps=STEPS)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from launch.train import stage_config
+from configs.common import stage_config
 from lira_jax.data import synthetic, synthetic_panoptic
 from lira_jax.train import panoptic
 

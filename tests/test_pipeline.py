@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import lira_jax  # noqa: F401
-from launch.train import stage_config
-from lira_jax.data import pipeline, synthetic
+from configs.common import stage_config
+from lira_jax.data import encode, pipeline, synthetic
 from lira_jax.data.synthetic_tokenizer import world_tokenizer
 
 CFG = stage_config('configs/tiny_synthetic.py:smoke', 2)
@@ -33,7 +33,7 @@ def test_batches_follow_the_stage_stream():
   next(it)
   second = next(it)
   start = 2 * pipeline.STAGE_STREAM_OFFSET  # stage 2
-  want = synthetic.collate([_element(start + 4 + j) for j in range(4)])
+  want = encode.collate([_element(start + 4 + j) for j in range(4)])
   _assert_batches_equal(second, want)
 
 

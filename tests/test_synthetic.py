@@ -154,3 +154,32 @@ def test_encode_sample(samples, ilvc):
     assert not e['regions'][~e['region_valid']].any() and e['tile_valid'].sum() == 1
     np.testing.assert_array_equal(e['gt_masks'][:len(s.targets)], s.masks)
     assert not e['gt_masks'][len(s.targets):].any()
+
+
+def test_multi_turn_referring_and_absent_rate():
+  """referring_rounds asks that many different expressions in successive turns (the image only
+  in the first); the ILVC encoding gives one region per turn. absent_rate 1 makes every gres
+  expression after the first absent, 0 none; the streams of rounds=1 / rate 0.5 are unchanged."""
+  cfg = CFG.copy_and_resolve_references()
+  cfg.seq.max_regions, cfg.seq.max_seg = 3, 6
+  for i in range(6):
+    s = sy.make_sample('train', i, task='referring', size=128, referring_rounds=3)
+    assert len(s.turns) == len(s.targets) == len(s.expressions) <= 3
+    assert len(set(s.expressions)) == len(s.expressions)
+    assert s.question.startswith('<image>\n')
+    assert all('<image>\n' not in q for q, _ in s.followups)
+    for (q, a), text, target in zip(s.turns, s.expressions, s.targets):
+      assert a == lira_tokens.referring_answer(text) and text in q
+      assert _resolve(s.scene, text) == list(target)
+    e = sy.encode_sample(s, TOK, cfg, ilvc=True)
+    assert e['region_valid'].sum() == len(s.turns)
+    one = sy.make_sample('train', i, task='referring', size=128)
+    assert (one.question, one.answer) == (s.question, s.answer) and not one.followups
+  for i in range(12):
+    always = sy.make_sample('train', i, task='gres', size=128, absent_rate=1.0)
+    never = sy.make_sample('train', i, task='gres', size=128, absent_rate=0.0)
+    assert sum(not t for t in always.targets) == len(always.targets) - 1
+    assert all(never.targets)
+    default = sy.make_sample('train', i, task='gres', size=128)
+    half = sy.make_sample('train', i, task='gres', size=128, absent_rate=0.5)
+    assert (default.answer, default.targets) == (half.answer, half.targets)

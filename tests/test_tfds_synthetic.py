@@ -10,6 +10,7 @@ import pytest
 
 import lira_jax  # noqa: F401
 from configs import common
+from lira_jax.data import encode
 from lira_jax.data import synthetic as sy
 from lira_jax.data import tfds_synthetic as ts
 from lira_jax.data.synthetic_tokenizer import world_tokenizer
@@ -27,7 +28,7 @@ def test_files_are_array_record(builder):
   files = os.listdir(builder.data_dir)
   assert 'lira_synthetic-train.array_record-00000-of-00001' in files
   assert 'lira_synthetic-val.array_record-00000-of-00001' in files
-  assert str(builder.data_dir).endswith('lira_synthetic/64px_k2_seed0_train5_val3/1.0.0')
+  assert str(builder.data_dir).endswith('lira_synthetic/64px_k2_seed0_train5_val3/1.1.0')
 
 
 @pytest.mark.parametrize('split', list(COUNTS))
@@ -52,7 +53,7 @@ def test_records_equal_make_sample(builder, split):
       assert record['masks'][k_].any() == bool(target)
 
     got = ts.record_to_sample(record)
-    assert (got.task, got.question, got.answer) == (ref.task, ref.question, ref.answer)
+    assert (got.task, got.turns) == (ref.task, ref.turns)
     assert (got.expressions, got.targets) == (ref.expressions, ref.targets)
     np.testing.assert_array_equal(got.scene.image, ref.scene.image)
     np.testing.assert_array_equal(got.masks, ref.masks)
@@ -87,7 +88,7 @@ def test_encode_sample_and_grain(builder):
 
 
 def test_train_pipeline_reads_the_written_dataset(builder):
-  from launch.train import stage_config
+  from configs.common import stage_config
   from lira_jax.data import pipeline
   cfg = stage_config('configs/tiny_synthetic.py:smoke', 2)
   cfg.data.update(image_size=SIZE, tfds_dir=str(builder.data_dir))
@@ -99,5 +100,20 @@ def test_train_pipeline_reads_the_written_dataset(builder):
   want = [sy.encode_sample(sy.make_sample('train', i % 5, size=SIZE), tok, cfg, ilvc=True)
           for i in range(6)]
   for b, batch in enumerate(batches):
-    for key, value in sy.collate(want[3 * b:3 * b + 3]).items():
+    for key, value in encode.collate(want[3 * b:3 * b + 3]).items():
       np.testing.assert_array_equal(batch[key], value, err_msg=key)
+
+
+def test_multi_turn_samples_round_trip(tmp_path):
+  """Follow-up turns (referring_rounds > 1) are stored and read back in order; the settings
+  name the dataset directory."""
+  built = ts.write(tmp_path, num_examples=dict(train=3), image_size=SIZE, referring_rounds=3,
+                   absent_rate=0.75, task_weights=dict(referring=1.0))
+  assert str(built.data_dir).endswith('_r3_a0.75/1.1.0')
+  source = ts.data_source(built.data_dir, 'train')
+  for i in range(3):
+    ref = sy.make_sample('train', i, size=SIZE, task_weights=dict(referring=1.0),
+                         referring_rounds=3, absent_rate=0.75)
+    got = ts.record_to_sample(source[i])
+    assert got.turns == ref.turns and len(got.turns) > 1
+    assert got.targets == ref.targets

@@ -15,7 +15,8 @@ import functools
 import grain
 import jax
 
-from lira_jax.data import synthetic, synthetic_panoptic, tfds_synthetic
+from lira_jax.data import (encode, mixture_pipeline, synthetic, synthetic_panoptic,
+                           tfds_synthetic)
 
 # Every stage draws from its own stretch of the endless train stream (different scenes).
 STAGE_STREAM_OFFSET = 10_000_000
@@ -24,7 +25,8 @@ STAGE_STREAM_OFFSET = 10_000_000
 def _generate(index: int, *, split: str, cfg) -> synthetic.Sample:
   d = cfg.data
   return synthetic.make_sample(split, index, size=d.image_size, max_targets=d.max_targets,
-                               world_seed=d.world_seed, task_weights=dict(d.task_weights))
+                               world_seed=d.world_seed, task_weights=dict(d.task_weights),
+                               referring_rounds=d.referring_rounds, absent_rate=d.absent_rate)
 
 
 def _encode(sample: synthetic.Sample, *, cfg, tokenizer) -> dict:
@@ -49,8 +51,11 @@ def _samples(cfg, index: int, stop: int, count: int) -> grain.MapDataset:
 
 def train_dataset(cfg, tokenizer, *, num_batches: int) -> grain.IterDataset:
   """num_batches global batches of cfg.train.batch_size for this process (its share of each),
-  from the train stream of cfg.stage. Elements: synthetic.collate batches of numpy arrays
-  (stage 0: synthetic_panoptic elements of bare scenes)."""
+  from the train stream of cfg.stage. Elements: encode.collate batches of numpy arrays
+  (stage 0: synthetic_panoptic elements of bare scenes). cfg.data.kind 'mixture' reads real
+  datasets instead (lira_jax.data.mixture_pipeline)."""
+  if cfg.data.get('kind', 'synthetic') == 'mixture':
+    return mixture_pipeline.mixture_dataset(cfg, tokenizer, num_batches=num_batches)
   count, index = jax.process_count(), jax.process_index()
   global_batch = int(cfg.train.batch_size)
   if global_batch % count:
@@ -63,6 +68,6 @@ def train_dataset(cfg, tokenizer, *, num_batches: int) -> grain.IterDataset:
     encoded = _samples(cfg, index, stop, count).map(
         functools.partial(_encode, cfg=cfg, tokenizer=tokenizer))
   return (encoded
-          .batch(global_batch // count, batch_fn=synthetic.collate)
+          .batch(global_batch // count, batch_fn=encode.collate)
           .to_iter_dataset(grain.ReadOptions(num_threads=int(cfg.data.worker_threads),
                                              prefetch_buffer_size=int(cfg.data.prefetch))))

@@ -13,7 +13,7 @@ pair is borderline:
   superlative  `the largest triangle`, `the smallest red shape`
   multi-target `all red shapes`, `all circles`, `all red circles` (mask = union)
   no-target    `the green star` when there is none (an all-zero mask, answered with [REJ])
-Tasks: 'referring' (one expression, LIRA's ILVC answer), 'gres' (GSVA answer over 1..max_targets
+Tasks: 'referring' (one expression per turn, LIRA's ILVC answer), 'gres' (GSVA answer over 1..max_targets
 expressions, at least one present), 'gcg' (grounded caption of up to max_targets objects left to
 right), 'attr' (yes/no: is there a <colour> <shape>?) and 'vqa' (colour/shape/count).
 
@@ -31,9 +31,7 @@ from PIL import Image, ImageDraw
 
 import lira_jax  # noqa: F401  (project convention: imported first everywhere)
 from lira_jax import lira_tokens
-from lira_jax.data import pixel_preprocess, tiling
-from lira_jax.ilvc import region_slots, region_tile, strip_ilvc
-from lira_jax.sequence import encode_conversation, pad_batch
+from lira_jax.data import encode
 from lira_jax.tokens import IMAGE_PLACEHOLDER, TEMPLATES
 
 COLOURS = {'red': (215, 40, 40), 'green': (40, 165, 60), 'blue': (45, 80, 215),
@@ -225,10 +223,15 @@ def side_object(scene: Scene, side: str) -> int | None:
 class Sample:
   scene: Scene
   task: str
-  question: str  # user turn, starting with `<image>\n`
+  question: str  # first user turn, starting with `<image>\n`
   answer: str  # the ILVC form for referring / gcg (strip_ilvc gives the other)
-  expressions: tuple[str, ...]  # the text of each target, in answer order
+  expressions: tuple[str, ...]  # the text of each target, in answer order over all turns
   targets: tuple[tuple[int, ...], ...]  # object indices of each target (empty: no target)
+  followups: tuple[tuple[str, str], ...] = ()  # later (user, answer) turns on the same image
+
+  @property
+  def turns(self) -> tuple[tuple[str, str], ...]:
+    return ((self.question, self.answer), *self.followups)
 
   @property
   def masks(self) -> np.ndarray:
@@ -249,35 +252,46 @@ def _pick(rng, items):
   return items[rng.integers(len(items))]
 
 
-def _referring(scene, rng, max_targets):
+def _referring(scene, rng, opts):
+  """Up to `rounds` turns, each a different expression (LISA asks several per image: more
+  [SEG] supervision per encoded scene); later turns prefer objects not yet referred to."""
   pools = [v for v in referring_expressions(scene).values() if v]
   if not pools:
     return None
   text, obj = _pick(rng, _pick(rng, pools))
-  question = lira_tokens.referring_question(text)
-  return question, lira_tokens.referring_answer(text), (text,), ((obj,),)
+  chosen = [(text, obj)]
+  others = [(t, i) for pool in pools for t, i in pool if t != text]
+  for _ in range(opts.referring_rounds - 1):
+    fresh = [c for c in others if c[1] not in {i for _, i in chosen}] or others
+    if not fresh:
+      break
+    chosen.append(_pick(rng, fresh))
+    others.remove(chosen[-1])
+  turns = [(lira_tokens.referring_question(t), lira_tokens.referring_answer(t)) for t, _ in chosen]
+  return turns, tuple(t for t, _ in chosen), tuple((i,) for _, i in chosen)
 
 
-def _gres(scene, rng, max_targets):
+def _gres(scene, rng, opts):
   singles = [(t, [i]) for pool in referring_expressions(scene).values() for t, i in pool]
   present = singles + multi_target_expressions(scene)
-  n = int(rng.integers(1, max_targets + 1))
+  n = int(rng.integers(1, opts.max_targets + 1))
   first = _pick(rng, present)
-  rest = [_pick(rng, present) if rng.random() < 0.5 else (_pick(rng, absent_expressions(scene)),
-                                                          []) for _ in range(n - 1)]
+  rest = [_pick(rng, present) if rng.random() < 1 - opts.absent_rate else
+          (_pick(rng, absent_expressions(scene)), []) for _ in range(n - 1)]
   chosen = [first, *rest]
   rng.shuffle(chosen)
   texts = tuple(t for t, _ in chosen)
   answer = lira_tokens.gres_answer([(t, bool(i)) for t, i in chosen], int(rng.integers(5)))
-  return GRES_QUESTION.format(', '.join(texts)), answer, texts, tuple(tuple(i) for _, i in chosen)
+  return ([(GRES_QUESTION.format(', '.join(texts)), answer)], texts,
+          tuple(tuple(i) for _, i in chosen))
 
 
 def _indefinite(noun: str) -> str:
   return ('an ' if noun[0] in 'aeiou' else 'a ') + noun
 
 
-def _gcg(scene, rng, max_targets):
-  by_area = sorted(range(len(scene.objects)), key=scene.area, reverse=True)[:max_targets]
+def _gcg(scene, rng, opts):
+  by_area = sorted(range(len(scene.objects)), key=scene.area, reverse=True)[:opts.max_targets]
   objs = sorted(by_area, key=lambda i: scene.centroid(i)[1])
   phrases = [_indefinite(f'{scene.objects[i].colour} {scene.objects[i].shape}') for i in objs]
   caption, spans = 'The image shows ', []
@@ -286,20 +300,20 @@ def _gcg(scene, rng, max_targets):
     spans.append((len(caption), len(caption) + len(phrase)))
     caption += phrase
   answer = lira_tokens.gcg_answer(caption + '.', spans)
-  return GCG_QUESTION, answer, tuple(phrases), tuple((i,) for i in objs)
+  return [(GCG_QUESTION, answer)], tuple(phrases), tuple((i,) for i in objs)
 
 
-def _attr(scene, rng, max_targets):
+def _attr(scene, rng, opts):
   colour, shape = _pick(rng, list(COLOURS)), _pick(rng, SHAPES)
   if rng.random() < 0.5:  # balance yes / no
     obj = scene.objects[rng.integers(len(scene.objects))]
     colour, shape = obj.colour, obj.shape
   answer = 'yes' if _matches(scene, colour, shape) else 'no'
   question = f'Is there {_indefinite(f"{colour} {shape}")} in the image?'
-  return question + VQA_SUFFIX, answer, (), ()
+  return [(question + VQA_SUFFIX, answer)], (), ()
 
 
-def _vqa(scene, rng, max_targets):
+def _vqa(scene, rng, opts):
   sides = [(p, i) for p, s in SIDES.items() if (i := side_object(scene, s)) is not None]
   if sides and rng.random() < 0.5:
     phrase, i = _pick(rng, sides)
@@ -309,7 +323,14 @@ def _vqa(scene, rng, max_targets):
   else:
     shape = _pick(rng, SHAPES)
     question, answer = f'How many {shape}s are there?', NUMBERS[len(_matches(scene, None, shape))]
-  return question + VQA_SUFFIX, answer, (), ()
+  return [(question + VQA_SUFFIX, answer)], (), ()
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskOptions:
+  max_targets: int = 2  # gres expressions and gcg phrases per sample
+  referring_rounds: int = 1  # referring turns per sample
+  absent_rate: float = 0.5  # chance that a gres expression after the first has no target
 
 
 _TASK_FNS = dict(referring=_referring, gres=_gres, gcg=_gcg, attr=_attr, vqa=_vqa)
@@ -317,10 +338,14 @@ _TASK_FNS = dict(referring=_referring, gres=_gres, gcg=_gcg, attr=_attr, vqa=_vq
 
 def make_sample(split: str, index: int, *, task: str | None = None, size: int = 256,
                 max_targets: int = 2, world_seed: int = 0,
-                task_weights: dict[str, float] | None = None) -> Sample:
+                task_weights: dict[str, float] | None = None, referring_rounds: int = 1,
+                absent_rate: float = 0.5) -> Sample:
   """Sample `index` of `split`. task None draws one by task_weights (default: referring and gres
   0.35 each, the others 0.1). max_targets bounds gres expressions and gcg phrases (keep it
-  <= cfg.seq.max_regions for ILVC gcg and <= cfg.seq.max_seg)."""
+  <= cfg.seq.max_regions for ILVC gcg and <= cfg.seq.max_seg); referring samples ask
+  referring_rounds expressions in as many turns (each ILVC answer takes a region slot and two
+  [SEG] slots); absent_rate: see TaskOptions."""
+  opts = TaskOptions(max_targets, referring_rounds, absent_rate)
   rng = sample_rng(split, index, world_seed)
   weights = task_weights or dict(referring=0.35, gres=0.35, gcg=0.1, attr=0.1, vqa=0.1)
   names = list(weights)
@@ -329,9 +354,11 @@ def make_sample(split: str, index: int, *, task: str | None = None, size: int = 
   made = None
   while made is None:  # a scene without any unambiguous expression is redrawn
     scene = make_scene(rng, size)
-    made = _TASK_FNS[chosen](scene, rng, max_targets)
-  question, answer, texts, targets = made
-  return Sample(scene, chosen, IMAGE_PLACEHOLDER + '\n' + question, answer, texts, targets)
+    made = _TASK_FNS[chosen](scene, rng, opts)
+  turns, texts, targets = made
+  (question, answer), *followups = turns
+  return Sample(scene, chosen, IMAGE_PLACEHOLDER + '\n' + question, answer, texts, targets,
+                tuple(followups))
 
 
 def vocabulary_texts() -> list[str]:
@@ -348,56 +375,7 @@ def vocabulary_texts() -> list[str]:
 # ---------------------------------------------------------------- LIRA batch elements
 
 
-def _tiling_cfg(cfg):
-  """cfg.tiling with max_tiles lowered so every image fits the cfg.seq.max_tiles buffer."""
-  t = cfg.tiling.copy_and_resolve_references()
-  if tiling.max_num_tiles(t) > cfg.seq.max_tiles:
-    t.max_tiles = max(cfg.seq.max_tiles - (1 if t.use_thumbnail else 0), 1)
-  return t
-
-
-def pixel_frame_mask(mask: np.ndarray, size: int) -> np.ndarray:
-  """bool[H, W] scene mask -> f32[size, size] in the pixel encoder's frame (padded to a square
-  like the image, nearest-neighbour resized)."""
-  square, _ = pixel_preprocess.pad_to_square(Image.fromarray(mask.astype(np.uint8)), (0,))
-  return np.asarray(square.resize((size, size), Image.NEAREST), np.float32)
-
-
 def encode_sample(sample: Sample, tokenizer, cfg, *, ilvc: bool) -> dict[str, np.ndarray]:
-  """One LIRA batch element (no batch axis), padded to the cfg buffers:
-  pixels f32[S, S, 3], tiles f32[T, s, s, 3], tile_valid bool[T], regions f32[R, s, s, 3],
-  region_valid bool[R], ids / labels i32[Lt] (Lt = cfg.seq.max_len), text_valid bool[Lt],
-  gt_masks f32[K, S, S] (K = cfg.seq.max_seg; target k in answer order, zero when absent).
-  S = cfg.model.omg.image_size, s = cfg.model.vision.image_size. ilvc False strips the local
-  images from the answer (lira_jax.ilvc.strip_ilvc)."""
-  answer = sample.answer if ilvc else strip_ilvc(sample.answer)
-  ids, labels = encode_conversation(tokenizer, cfg.template, [(sample.question, answer)],
-                                    system_message=SYSTEM_MESSAGE)
-  ids, labels, text_valid = pad_batch([(ids, labels)], cfg.seq.max_len)
-  image = Image.fromarray(sample.scene.image)
-  pixels, _ = pixel_preprocess.preprocess_pixel_image(image, cfg.model.omg)
-  tiles, tile_valid = tiling.pad_tiles(tiling.load_image_tiles(image, _tiling_cfg(cfg)),
-                                       cfg.seq.max_tiles)
-
-  masks = sample.masks
-  region_valid = region_slots(ids[0], cfg.seq.max_regions)
-  s = cfg.model.vision.image_size
-  regions = np.zeros((cfg.seq.max_regions, s, s, 3), np.float32)
-  local = [m for m in masks if m.any()][:int(region_valid.sum())]  # ILVC phrases: present targets
-  for r, mask in enumerate(local):
-    regions[r] = region_tile(image, mask, s)
-
-  size, k = cfg.model.omg.image_size, cfg.seq.max_seg
-  if len(masks) > k:
-    raise ValueError(f'{len(masks)} targets do not fit max_seg={k}')
-  gt_masks = np.zeros((k, size, size), np.float32)
-  for j, mask in enumerate(masks):
-    gt_masks[j] = pixel_frame_mask(mask, size)
-  return dict(pixels=pixels, tiles=tiles, tile_valid=tile_valid, regions=regions,
-              region_valid=region_valid, ids=ids[0], labels=labels[0], text_valid=text_valid[0],
-              gt_masks=gt_masks)
-
-
-def collate(elements: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  """Stacks encode_sample outputs into the batch dict LIRA.__call__ (plus gt_masks) takes."""
-  return {key: np.stack([e[key] for e in elements]) for key in elements[0]}
+  """One LIRA batch element of a synthetic sample (lira_jax.data.encode.encode_example)."""
+  return encode.encode_example(Image.fromarray(sample.scene.image), sample.turns, sample.masks,
+                               tokenizer, cfg, ilvc=ilvc, system_message=SYSTEM_MESSAGE)

@@ -10,7 +10,8 @@ from PIL import Image
 
 import lira_jax  # noqa: F401  (project convention: imported first everywhere)
 from lira_jax.data import pixel_preprocess
-from lira_jax.data.synthetic import COLOURS, SHAPES, Scene, pixel_frame_mask
+from lira_jax.data.encode import pixel_frame_mask
+from lira_jax.data.synthetic import COLOURS, SHAPES, Scene
 
 CLASSES = tuple(f'{c} {s}' for c in COLOURS for s in SHAPES)
 

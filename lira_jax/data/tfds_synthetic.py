@@ -12,7 +12,8 @@ tfds Image would need TF to decode) and the GCS lookup of download_and_prepare i
 so nothing is downloaded.
 
 Record layout (K targets, N objects, S = image_size):
-  index i64, image u8[S, S, 3], task / question / answer text, expressions [K] text,
+  index i64, image u8[S, S, 3], task / question / answer text (the first turn),
+  followup_questions / followup_answers [F] text (later turns), expressions [K] text,
   masks u8[K, S, S] (target k = union of its objects; all zero for a no-target expression;
   K = 0 for 'attr' / 'vqa'), targets i32[K, M] (object indices of target k, padded with -1),
   object_shapes / object_colours [N] text, object_sizes f64[N], object_centers f64[N, 2] (y, x),
@@ -45,10 +46,13 @@ class SyntheticConfig(tfds.core.BuilderConfig):
   max_targets: int = 2
   world_seed: int = 0
   task_weights: dict[str, float] | None = None
+  referring_rounds: int = 1
+  absent_rate: float = 0.5
 
 
 def make_config(*, num_examples: dict[str, int], image_size: int = 256, max_targets: int = 2,
                 world_seed: int = 0, task_weights: dict[str, float] | None = None,
+                referring_rounds: int = 1, absent_rate: float = 0.5,
                 name: str | None = None) -> SyntheticConfig:
   """A SyntheticConfig whose default name spells out every argument (task_weights as a short
   hash, key order included: make_sample draws by it), so different worlds never share a
@@ -62,17 +66,22 @@ def make_config(*, num_examples: dict[str, int], image_size: int = 256, max_targ
     if task_weights:
       digest = hashlib.sha1(json.dumps(task_weights).encode()).hexdigest()
       name += f'_w{digest[:8]}'
+    if referring_rounds != 1:
+      name += f'_r{referring_rounds}'
+    if absent_rate != 0.5:
+      name += f'_a{absent_rate:g}'
   return SyntheticConfig(name=name, num_examples=dict(num_examples), image_size=image_size,
                          max_targets=max_targets, world_seed=world_seed,
-                         task_weights=task_weights,
-                         description='make_sample(split, i) for i < num_examples[split]')
+                         task_weights=task_weights, referring_rounds=referring_rounds,
+                         absent_rate=absent_rate, description='make_sample(split, i) for i < num_examples[split]')
 
 
 class LiraSynthetic(tfds.core.GeneratorBasedBuilder):
   """The synthetic world as tfds; build with `config=make_config(...)`. Writes array_record."""
   name = NAME
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.',
+                   '1.1.0': 'Follow-up turns (multi-turn referring samples).'}
   # tfds 4.9.10 derives code_path through `importlib_resources`, a package it only requires
   # for Python < 3.9 (dataset_builder.py, DatasetBuilder.code_path): name the file directly.
   code_path = tfds.core.Path(__file__)
@@ -92,6 +101,8 @@ class LiraSynthetic(tfds.core.GeneratorBasedBuilder):
             'task': f.Text(),
             'question': f.Text(),
             'answer': f.Text(),
+            'followup_questions': f.Sequence(f.Text()),
+            'followup_answers': f.Sequence(f.Text()),
             'expressions': f.Sequence(f.Text()),
             'masks': masks(),
             'targets': f.Tensor(shape=(None, None), dtype=np.int32, encoding='zlib'),
@@ -113,7 +124,9 @@ class LiraSynthetic(tfds.core.GeneratorBasedBuilder):
     c = self.builder_config
     for i in range(n):
       sample = synthetic.make_sample(split, i, size=c.image_size, max_targets=c.max_targets,
-                                     world_seed=c.world_seed, task_weights=c.task_weights)
+                                     world_seed=c.world_seed, task_weights=c.task_weights,
+                                     referring_rounds=c.referring_rounds,
+                                     absent_rate=c.absent_rate)
       yield i, sample_to_example(sample, i)
 
 
@@ -129,7 +142,8 @@ def sample_to_example(sample: synthetic.Sample, index: int) -> dict:
     object_masks[j] = o.mask
   return dict(
       index=index, image=sample.scene.image, task=sample.task, question=sample.question,
-      answer=sample.answer, expressions=list(sample.expressions),
+      answer=sample.answer, followup_questions=[q for q, _ in sample.followups],
+      followup_answers=[a for _, a in sample.followups], expressions=list(sample.expressions),
       masks=sample.masks.astype(np.uint8), targets=targets,
       object_shapes=[o.shape for o in objs], object_colours=[o.colour for o in objs],
       object_sizes=np.asarray([o.size for o in objs], np.float64),
@@ -139,12 +153,14 @@ def sample_to_example(sample: synthetic.Sample, index: int) -> dict:
 
 def write(data_dir: str | os.PathLike, *, num_examples: dict[str, int], image_size: int = 256,
           max_targets: int = 2, world_seed: int = 0, task_weights: dict[str, float] | None = None,
+          referring_rounds: int = 1, absent_rate: float = 0.5,
           name: str | None = None) -> LiraSynthetic:
   """Generates the splits under data_dir/lira_synthetic/<config name>/1.0.0 as array_record
   (reused if already there) and returns the builder; builder.data_dir is the dataset dir."""
   config = make_config(num_examples=num_examples, image_size=image_size,
                        max_targets=max_targets, world_seed=world_seed,
-                       task_weights=task_weights, name=name)
+                       task_weights=task_weights, referring_rounds=referring_rounds,
+                       absent_rate=absent_rate, name=name)
   builder = LiraSynthetic(data_dir=os.fspath(data_dir), config=config)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(try_download_gcs=False))
@@ -175,4 +191,5 @@ def record_to_sample(record: dict) -> synthetic.Sample:
   targets = tuple(tuple(int(i) for i in row if i >= 0) for row in record['targets'])
   return synthetic.Sample(scene, _text(record['task']), _text(record['question']),
                           _text(record['answer']), tuple(map(_text, record['expressions'])),
-                          targets)
+                          targets, tuple(zip(map(_text, record['followup_questions']),
+                                             map(_text, record['followup_answers']))))

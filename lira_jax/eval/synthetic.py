@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
-from lira_jax.data import synthetic
+from lira_jax.data import encode, synthetic
 from lira_jax.eval import teacher_forced
 from lira_jax.train.loop import log_line, put_batch
 
@@ -32,7 +32,7 @@ def _batches(cfg, tokenizer, samples, batch_size):
     chunk = samples[i:i + batch_size]
     elements = [synthetic.encode_sample(s, tokenizer, cfg, ilvc=cfg.data.ilvc) for s in chunk]
     elements += [elements[0]] * (batch_size - len(elements))
-    yield synthetic.collate(elements), chunk
+    yield encode.collate(elements), chunk
 
 
 def overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray, caption: str) -> Image.Image:
