@@ -72,6 +72,18 @@ def encode_conversation(tokenizer: Tokenizer, template: str | ChatTemplate,
   return ids, labels
 
 
+def encode_prompt(tokenizer: Tokenizer, template: str | ChatTemplate,
+                  turns: Sequence[tuple[str, str | None]], *, system_message: str | None = None
+                  ) -> list[int]:
+  """Generation prompt ids: the training layout of `turns` with the last answer left open (the
+  ids end with the assistant role); earlier turns keep their answers."""
+  *done, (user, _) = turns
+  ids, _ = encode_conversation(tokenizer, template, [*done, (user, '')],
+                               system_message=system_message)
+  sep_ids = _encode_with_images(tokenizer, get_template(template).sep)
+  return ids[:len(ids) - len(sep_ids)]  # an empty answer encodes as `sep` alone
+
+
 def pad_batch(samples: Sequence[tuple[Sequence[int], Sequence[int]]], max_text_len: int
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """[(ids, labels), ...] -> ids i32[B, Lt] (pad 0), labels i32[B, Lt] (pad IGNORE_INDEX),

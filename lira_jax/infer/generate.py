@@ -81,13 +81,14 @@ def decode(llm: LLM, embeds: jax.Array, valid: jax.Array, *, max_new_tokens: int
            stop_ids: Sequence[int] = (), sampling: Sampling = Sampling(),
            key: jax.Array | None = None, pad_id: int = 0, cache_extra: int = 0,
            hook: Hook | None = None, extra: Any = None,
-           sample_stop: jax.Array | None = None) -> Decoded:
+           sample_stop: jax.Array | None = None, suppress_ids: Sequence[int] = ()) -> Decoded:
   """Prefill embeds f32[B, T, D] / valid bool[B, T] (padding anywhere: prompts of different
   lengths), then generate up to max_new_tokens per sample; the loop ends when every sample has
   stopped. Traceable: call it inside jit (`generate_tokens` is the jitted LLM-only form).
   cache_extra: cache slots beyond T + N that the hook may append. The hook sees every token
   that is fed back, i.e. all but a sample's last (its stop token, or the N-th when cut off).
-  sample_stop i32[B]: one more stop id per sample (-1: none), a runtime value."""
+  sample_stop i32[B]: one more stop id per sample (-1: none), a runtime value. suppress_ids:
+  ids never generated (rows of the embedding that are no token of the tokenizer)."""
   b = embeds.shape[0]
   key = jax.random.key(0) if key is None else key
   stops = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
@@ -95,8 +96,11 @@ def decode(llm: LLM, embeds: jax.Array, valid: jax.Array, *, max_new_tokens: int
   is_stop = lambda t: jnp.isin(t, stops) | (t == own.reshape(-1, *[1] * (t.ndim - 1)))
   cache = llm.init_cache(b, embeds.shape[1] + max_new_tokens + cache_extra, embeds.dtype)
   logits, _, cache = llm.prefill(embeds, valid, cache)
+  banned = jnp.zeros((llm.cfg.vocab_size,), bool).at[jnp.asarray(list(suppress_ids), jnp.int32)
+                                                      ].set(True)
+  allowed = lambda x: jnp.where(banned, -jnp.inf, x)
   key, sub = jax.random.split(key)
-  first = choose_tokens(last_valid(logits, valid), sub, sampling)
+  first = choose_tokens(allowed(last_valid(logits, valid)), sub, sampling)
   tokens = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
 
   def cond(state):
@@ -111,7 +115,7 @@ def decode(llm: LLM, embeds: jax.Array, valid: jax.Array, *, max_new_tokens: int
     if hook is not None:
       extra, logits, cache = hook(extra, fed, logits, hidden, ~done, cache)
     key, sub = jax.random.split(key)
-    nxt = jnp.where(done, pad_id, choose_tokens(logits, sub, sampling))
+    nxt = jnp.where(done, pad_id, choose_tokens(allowed(logits), sub, sampling))
     return (step + 1, tokens.at[:, step].set(nxt), cache, done | is_stop(nxt), key,
             extra)
 

@@ -47,6 +47,7 @@ class GenerateOptions:
   sampling: Sampling = Sampling()
   stop_ids: tuple[int, ...] = ()
   forced_after_region: tuple[int, ...] = ()  # ids of " <p>"
+  suppress_ids: tuple[int, ...] = ()  # embedding rows that are no token
 
 
 class SegSlots(NamedTuple):
@@ -147,7 +148,8 @@ def generate(model: LIRA, batch: dict, key: jax.Array, opts: GenerateOptions) ->
                stop_ids=opts.stop_ids, sampling=opts.sampling, key=key,
                cache_extra=opts.max_regions * n if opts.ilvc else 0, hook=hook,
                extra=_empty_slots(b, opts.max_seg, d, vocab),
-               sample_stop=jnp.where(ilvc_on | (not opts.ilvc_off_stops), -1, image_id))
+               sample_stop=jnp.where(ilvc_on | (not opts.ilvc_off_stops), -1, image_id),
+               suppress_ids=opts.suppress_ids)
   slots = out.extra
   used = jnp.arange(opts.max_seg)[None] < slots.count[:, None]
   decoded = used & ~slots.is_rej
