@@ -72,4 +72,39 @@ def lira_config(base: ml_collections.ConfigDict, *, tiny: bool, stage: int, lora
       warmup_ratio=0.03, warmup_start_factor=1e-5, epochs=1,
       batch_per_device=8 if stage == 1 else 1, grad_accum=4 if stage == 1 else 16))
   c.model.remat_policy = 'nothing_saveable' if not tiny else None
+  c.data = ml_collections.ConfigDict(dict(
+      kind='mixture', root='/data/lira', tokenizer_dir='', seed=0, ilvc=True, worker_threads=8,
+      prefetch=4, sources=released_sources(stage)))
+  # Global batch per step for 8 devices (scale with the mesh); steps: the released recipe runs
+  # one epoch of its mixture, so set train.steps from your data's size. init_params: a directory
+  # written by convert/ (python -m convert.lira ...) to start from.
+  c.train = ml_collections.ConfigDict(dict(
+      steps=1000, seed=0, log_every=10, checkpoint_every=500, keep_checkpoints=3,
+      init_params='', batch_size=8 * c.optim.batch_per_device * c.optim.grad_accum))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   return c
+
+
+def released_sources(stage: int) -> dict:
+  """The released mixtures (lira_reference.md §11) as mixture_pipeline sources; paths are
+  relative to cfg.data.root (laid out as the released repository's ./data)."""
+  if stage == 1:
+    return dict(pretrain=dict(reader='llava', args=dict(
+        json_path='pretrained/stage1.json', image_dir='pretrained/images'), repeat=1))
+  refs = lambda name, split_by: dict(reader='refcoco', repeat=3, args=dict(
+      refs_path=f'ref_seg/{name}/refs({split_by}).p',
+      instances_path=f'ref_seg/{name}/instances.json', image_dir='coco/train2014',
+      split='train', name=name))
+  gcg_source = lambda json_path, image_dir, fmt, repeat=1: dict(
+      reader='gcg', repeat=repeat, args=dict(json_path=json_path, image_dir=image_dir, fmt=fmt))
+  return dict(
+      sft=dict(reader='llava', repeat=1, args=dict(json_path='finetune/internvl_sft.json',
+                                                   image_dir='finetune/images')),
+      refcoco=refs('refcoco', 'unc'), refcoco_plus=refs('refcoco+', 'unc'),
+      refcocog=refs('refcocog', 'umd'),
+      refcocog_gcg=gcg_source('glamm_data/annotations/gcg_train/RefCOCOg_GCG_train.json',
+                              'coco/train2014', 'refcocog'),
+      grandf_gcg=gcg_source('glamm_data/annotations/gcg_train/grand_f_gcg_train.json',
+                            'glamm_data/images/grandf/train', 'grandf', repeat=10),
+      openpsg_gcg=gcg_source('glamm_data/annotations/gcg_train/OpenPsgGCG_train.json',
+                             'coco/train2017', 'grandf'))

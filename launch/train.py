@@ -8,11 +8,13 @@ referring world (stage 0 pre-trains the pixel path on panoptic scenes, then stag
 each seeded from the one before), evaluated on the val split (RES
 cIoU/gIoU, GRES cIoU/gIoU/N-acc/T-acc), a metrics table printed, PNG overlays and metrics.json
 written; the last output line is the metrics.json path. Each stage resumes from its latest
-checkpoint in WORKDIR/stageN, so re-running after an interruption continues where it stopped.
+checkpoint in WORKDIR/stageN, so re-running after an interruption continues where it stopped; a
+SIGTERM checkpoints at the next step and exits cleanly (code 0).
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import time
@@ -20,20 +22,15 @@ import time
 import jax
 
 import lira_jax  # noqa: F401
-from configs.common import load_config
-from lira_jax import sharding
-from lira_jax.data import pipeline, synthetic
-from lira_jax.data.synthetic_tokenizer import world_tokenizer
+from configs.common import stage_config
+from lira_jax import distributed, sharding
+from lira_jax.data import pipeline
+from lira_jax.data.tokenizers import load_tokenizer
 from lira_jax.eval.synthetic import evaluate
 from lira_jax.train.loop import stage_dir, train_stage
 
 DEFAULT_CONFIG = 'configs/tiny_synthetic.py'
 TABLE_KEYS = ('res_ciou', 'res_giou', 'gres_ciou', 'gres_giou', 'gres_nacc', 'gres_tacc')
-
-
-def stage_config(spec: str, stage: int):
-  path, _, arg = spec.partition(':')
-  return load_config(f'{path}:{",".join(p for p in (arg, f"stage{stage}") if p)}')
 
 
 def print_table(result: dict) -> None:
@@ -44,15 +41,38 @@ def print_table(result: dict) -> None:
         f' | {result["train_seconds"]:.0f} |')
 
 
-def run(config: str, workdir: str, stages: list[int], do_eval: bool = True) -> str:
-  """Trains `stages` in order and evaluates the last; returns the metrics.json path."""
+def apply_overrides(cfg, overrides: list[str]):
+  """`a.b=value` strings set cfg.a.b; the value is read as a Python literal when it parses as
+  one (numbers, True, lists), else kept as a string (paths)."""
+  for item in overrides:
+    path, sep, text = item.partition('=')
+    if not sep:
+      raise ValueError(f'--set {item!r}: expected key.path=value')
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    *parents, leaf = path.split('.')
+    node = cfg
+    for name in parents:
+      node = node[name]
+    if leaf not in node:
+      raise KeyError(f'--set {item!r}: the config has no {path}')
+    node[leaf] = value
+  return cfg
+
+
+def run(config: str, workdir: str, stages: list[int], do_eval: bool = True,
+        overrides: list[str] = ()) -> str | None:
+  """Trains `stages` in order and evaluates the last; returns the metrics.json path, or None
+  when a SIGTERM stopped training (checkpointed: the same call resumes)."""
   began = time.monotonic()
   os.makedirs(workdir, exist_ok=True)
   result = dict(config=config, train_seconds=0.0, devices=jax.device_count())
   state = graphdef = cfg = tokenizer = mesh = None
   for stage in stages:
-    cfg = stage_config(config, stage)
-    tokenizer = world_tokenizer(synthetic.vocabulary_texts(), cfg.tokens)
+    cfg = apply_overrides(stage_config(config, stage), list(overrides))
+    tokenizer = load_tokenizer(cfg)
     mesh = sharding.make_mesh(dict(cfg.mesh))
     print(f'stage {stage}: {cfg.train.steps} steps of batch {cfg.train.batch_size} on mesh '
           f'{dict(mesh.shape)}', flush=True)
@@ -61,6 +81,9 @@ def run(config: str, workdir: str, stages: list[int], do_eval: bool = True) -> s
                                            init_from=state)
     result['train_seconds'] += summary['train_seconds']
     result[f'stage{stage}'] = summary
+    if summary['preempted']:
+      return None
+  do_eval = do_eval and cfg.data.get('kind', 'synthetic') == 'synthetic'  # the synthetic val split
   if do_eval:
     t0 = time.monotonic()
     result.update(evaluate(cfg, graphdef, (state.trainable, state.frozen), tokenizer, mesh,
@@ -82,11 +105,21 @@ def main(argv=None) -> None:
                       help='config file[:args]; the stage is appended to the args')
   parser.add_argument('--workdir', default='runs/tiny_synthetic')
   parser.add_argument('--stages', default='0,1,2', help='comma list of stages to run, in order')
+  parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                      help='config override, e.g. data.root=/data/lira (repeatable)')
   parser.add_argument('--no-eval', action='store_true')
+  parser.add_argument('--coordinator', help='HOST:PORT of process 0 (multi-host without SLURM '
+                      'or a TPU pod environment; see lira_jax/distributed.py)')
+  parser.add_argument('--num-processes', type=int)
+  parser.add_argument('--process-id', type=int)
   args = parser.parse_args(argv)
+  how = distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  if how != 'single':
+    print(f'process {jax.process_index()} of {jax.process_count()} ({how}); '
+          f'{jax.device_count()} devices in all', flush=True)
   path = run(args.config, args.workdir, [int(s) for s in args.stages.split(',')],
-             do_eval=not args.no_eval)
-  print(path)
+             do_eval=not args.no_eval, overrides=args.set)
+  print(path or f'preempted; resume with the same command (workdir {args.workdir})')
 
 
 if __name__ == '__main__':

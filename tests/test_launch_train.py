@@ -1,7 +1,8 @@
-"""launch.train as a user runs it: a run killed with SIGKILL after a checkpoint and started again
-resumes from that checkpoint and produces the same per-step losses as an uninterrupted run.
+"""launch.train as a user runs it: a run killed with SIGKILL after a checkpoint, or preempted with
+SIGTERM (checkpoint at the next step, clean exit), and started again resumes and produces the same
+per-step losses as an uninterrupted run.
 
-The three processes share a persistent compilation cache, so only the first one compiles."""
+The processes share a persistent compilation cache, so only the first one compiles."""
 import json
 import os
 import signal
@@ -42,32 +43,61 @@ def _finish(proc, timeout=900):
   return out
 
 
-@pytest.mark.slow
-def test_sigkill_then_resume_gives_the_uninterrupted_losses(tmp_path):
-  cache = str(tmp_path / 'jax_cache')
-  straight, broken = str(tmp_path / 'straight'), str(tmp_path / 'broken')
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  """(compilation cache dir, step -> loss of an uninterrupted run)."""
+  root = tmp_path_factory.mktemp('launch')
+  cache, straight = str(root / 'jax_cache'), str(root / 'straight')
   _finish(_start(straight, cache))
   want = _losses(straight)
   assert sorted(want) == list(range(1, 9))
+  return cache, want
 
-  proc = _start(broken, cache)
-  checkpoint = os.path.join(broken, 'stage1', 'checkpoints', '2')
+
+def _wait_for(proc, workdir, ready):
+  """Polls until ready(logged losses) holds while the run is still going."""
   deadline = time.monotonic() + 600
-  while True:
-    logged = _losses(broken) if os.path.exists(os.path.join(broken, 'stage1',
-                                                            'metrics.jsonl')) else {}
-    if os.path.isdir(checkpoint) and max(logged, default=0) >= 3:
-      break
-    assert proc.poll() is None, 'the run ended before it could be killed'
+  metrics = os.path.join(workdir, 'stage1', 'metrics.jsonl')
+  while not ready(_losses(workdir) if os.path.exists(metrics) else {}):
+    assert proc.poll() is None, 'the run ended before it could be interrupted'
     assert time.monotonic() < deadline
     time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.communicate()
-  assert proc.returncode == -signal.SIGKILL
 
-  out = _finish(_start(broken, cache))
+
+def _resume_matches(workdir, cache, want):
+  out = _finish(_start(workdir, cache))
   assert 'resumed from step' in out
-  got = _losses(broken)
+  got = _losses(workdir)
   assert sorted(got) == sorted(want)
   for step in want:
     assert got[step] == pytest.approx(want[step], rel=1e-6, abs=1e-6), step
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_uninterrupted_losses(uninterrupted, tmp_path):
+  cache, want = uninterrupted
+  broken = str(tmp_path / 'broken')
+  proc = _start(broken, cache)
+  checkpoint = os.path.join(broken, 'stage1', 'checkpoints', '2')
+  _wait_for(proc, broken, lambda logged: os.path.isdir(checkpoint) and max(logged, default=0) >= 3)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  assert proc.returncode == -signal.SIGKILL
+  _resume_matches(broken, cache, want)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_exits_cleanly_and_resumes(uninterrupted, tmp_path):
+  cache, want = uninterrupted
+  preempted = str(tmp_path / 'preempted')
+  proc = _start(preempted, cache)
+  _wait_for(proc, preempted, lambda logged: max(logged, default=0) >= 3)
+  proc.send_signal(signal.SIGTERM)
+  out = _finish(proc)  # exit code 0
+  assert 'preempted (SIGTERM): checkpoint at step' in out
+  stopped = int(out.split('checkpoint at step ')[1].split(';')[0])
+  assert 3 <= stopped < 8
+  steps = os.listdir(os.path.join(preempted, 'stage1', 'checkpoints'))
+  assert str(stopped) in steps  # saved at the boundary, not only at checkpoint_every
+  assert max(_losses(preempted)) <= stopped
+  _resume_matches(preempted, cache, want)

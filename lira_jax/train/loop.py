@@ -3,18 +3,29 @@ compiled step, log, checkpoint, resume automatically.
 
 A stage's workdir holds checkpoints/ (train state + data-iterator state, newest N kept) and
 metrics.jsonl + tb/. Re-running a stage whose last checkpoint is its final step only restores it.
+Checkpoints are written asynchronously (orbax), so the next steps run while one is saved.
+
+Preemption: SIGTERM (what SLURM, Kubernetes and TPU maintenance send before a kill) is caught;
+at the next step boundary every process agrees to stop, the state is checkpointed at that step
+and the stage returns with summary['preempted'] set, so the job can exit cleanly and a restart
+resumes from exactly there.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import sys
 import time
 
 import jax
 import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from lira_jax import param_io
 from lira_jax.train import metrics as metrics_lib
 from lira_jax.train import sharded_step
 from lira_jax.train.checkpoint import Checkpointer
@@ -47,6 +58,61 @@ def transfer_params(state: sharded_step.TrainState, source: sharded_step.TrainSt
   return new, copied
 
 
+class Preemption:
+  """Records a SIGTERM instead of dying; `requested()` is the same on every process."""
+
+  def __init__(self):
+    self.signalled = False
+
+  @contextlib.contextmanager
+  def installed(self):
+    previous = signal.signal(signal.SIGTERM, self._note)
+    try:
+      yield self
+    finally:
+      signal.signal(signal.SIGTERM, previous)
+
+  def _note(self, signum, frame):
+    del signum, frame
+    self.signalled = True
+
+  def requested(self) -> bool:
+    if jax.process_count() == 1:
+      return self.signalled
+    # One host may get the signal before the others: all stop at the same step.
+    return bool(np.any(multihost_utils.process_allgather(np.int32(self.signalled))))
+
+
+def load_converted_params(state: sharded_step.TrainState, directory: str
+                          ) -> tuple[sharded_step.TrainState, list[str]]:
+  """Sets every parameter of `state` found in a converted checkpoint (convert/, lira_jax.param_io
+  format: dotted param paths), placed with the state's shardings. Every stored array must land
+  (else ValueError: a mismatched model, not something to train past); returns the new state and
+  the model parameters the checkpoint did not have (e.g. fresh LoRA adapters)."""
+  stored = param_io.load_params(directory)
+  used, fresh = set(), []
+
+  def fill(tree):
+    flat = nnx.to_flat_state(tree)
+    for path, var in flat:
+      name = '.'.join(map(str, path))
+      if name not in stored:
+        fresh.append(name)
+        continue
+      if stored[name].shape != var.value.shape:
+        raise ValueError(f'{name}: checkpoint {stored[name].shape} vs model {var.value.shape}')
+      var.value = jax.device_put(stored[name].astype(var.value.dtype), var.value.sharding)
+      used.add(name)
+    return nnx.from_flat_state(flat)
+
+  state = state.replace(trainable=fill(state.trainable), frozen=fill(state.frozen))
+  unused = sorted(set(stored) - used)
+  if unused:
+    raise ValueError(f'{len(unused)} arrays of {directory} match no model parameter, e.g. '
+                     f'{unused[:3]}')
+  return state, sorted(fresh)
+
+
 def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """This process's rows -> global arrays split over (data, fsdp)."""
   sharding = sharded_step.batch_sharding(mesh)
@@ -76,6 +142,9 @@ def train_stage(cfg, workdir: str, mesh: Mesh, make_dataset, *, init_from=None, 
 
   def init():
     _, state, _ = sharded_step.build_train_state(cfg, mesh, seed=t.seed)
+    if t.get('init_params'):
+      state, fresh = load_converted_params(state, t.init_params)
+      log(f'  initialised from {t.init_params}; {len(fresh)} variables kept fresh')
     if init_from is not None:
       state, copied = transfer_params(state, init_from)
       log(f'  initialised {copied} variables from the previous stage')
@@ -85,7 +154,7 @@ def train_stage(cfg, workdir: str, mesh: Mesh, make_dataset, *, init_from=None, 
   start = int(state.step)
   if start:
     log(f'  resumed from step {start} ({ckpt.manager.directory})')
-  summary = dict(train_seconds=0.0, steps_run=0, skipped=int(state.skipped))
+  summary = dict(train_seconds=0.0, steps_run=0, skipped=int(state.skipped), preempted=False)
   if start >= total:
     ckpt.close()
     return graphdef, state, summary
@@ -98,25 +167,31 @@ def train_stage(cfg, workdir: str, mesh: Mesh, make_dataset, *, init_from=None, 
   writer = metrics_lib.MetricsWriter(workdir)
   progress = metrics_lib.Progress(total)
   began = last = time.monotonic()
-  last_step = start
-  for step in range(start + 1, total + 1):
-    batch = next(iterator)
-    state, m = step_fn(state, put_batch(batch, mesh))
-    if step % int(t.log_every) == 0 or step == total:
-      m = jax.device_get(m)  # waits for the step, so the interval below is compute time
-      now = time.monotonic()
-      row = _log_row(m, step - last_step, now - last, batch)
-      last, last_step = now, step
-      writer.write(step, row)
-      shown = {k: row[k] for k in ('loss', 'text', 'cls', 'dice', 'bce', 'proj') if k in row}
-      log(progress.line(step, shown), end='\r' if sys.stdout.isatty() else '\n')
-    if step % int(t.checkpoint_every) == 0 or step == total:
-      ckpt.save(step, state, iterator.get_state(), force=True)
+  last_step = step = start
+  with Preemption().installed() as preemption:
+    for step in range(start + 1, total + 1):
+      batch = next(iterator)
+      state, m = step_fn(state, put_batch(batch, mesh))
+      if step % int(t.log_every) == 0 or step == total:
+        m = jax.device_get(m)  # waits for the step, so the interval below is compute time
+        now = time.monotonic()
+        row = _log_row(m, step - last_step, now - last, batch)
+        last, last_step = now, step
+        writer.write(step, row)
+        shown = {k: row[k] for k in ('loss', 'text', 'cls', 'dice', 'bce', 'proj') if k in row}
+        log(progress.line(step, shown), end='\r' if sys.stdout.isatty() else '\n')
+      stop = preemption.requested()
+      if step % int(t.checkpoint_every) == 0 or step == total or stop:
+        ckpt.save(step, state, iterator.get_state(), force=True)
+      if stop:
+        log(f'\n  preempted (SIGTERM): checkpoint at step {step}; run again to resume')
+        summary['preempted'] = True
+        break
   ckpt.wait()
   ckpt.close()
   writer.close()
   log('')
-  summary.update(train_seconds=time.monotonic() - began, steps_run=total - start,
+  summary.update(train_seconds=time.monotonic() - began, steps_run=step - start,
                  skipped=int(state.skipped))
   return graphdef, state, summary
 
