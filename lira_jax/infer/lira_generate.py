@@ -116,12 +116,15 @@ def generate(model: LIRA, batch: dict, key: jax.Array, opts: GenerateOptions) ->
 
   def hook(slots: SegSlots, fed, logits, hidden, active, cache):
     is_slot = active & ((fed == seg_id) | (fed == rej_id))
-    write = is_slot[:, None] & (jnp.arange(opts.max_seg) == slots.count[:, None])  # [B, M]
+    # A scatter into row (b, slot) only; samples that feed no slot token (and slots past M)
+    # point out of range and are dropped, so a step never rewrites the whole [B, M, V] buffer.
+    rows = jnp.arange(fed.shape[0])
+    slot = jnp.where(is_slot, slots.count, opts.max_seg)
+    put = lambda buf, x: buf.at[rows, slot].set(x.astype(buf.dtype), mode='drop')
     slots = slots._replace(
-        hidden=jnp.where(write[..., None], hidden[:, None].astype(jnp.float32), slots.hidden),
-        logits=jnp.where(write[..., None], logits[:, None], slots.logits),
-        is_rej=jnp.where(write, (fed == rej_id)[:, None], slots.is_rej),
-        step=jnp.where(write, slots.fed, slots.step),
+        hidden=put(slots.hidden, hidden), logits=put(slots.logits, logits),
+        is_rej=put(slots.is_rej, fed == rej_id),
+        step=put(slots.step, jnp.broadcast_to(slots.fed, fed.shape)),
         count=slots.count + is_slot, fed=slots.fed + 1)
     if opts.ilvc:
       last = jnp.maximum(slots.count - 1, 0)
