@@ -13,8 +13,12 @@ Departures from the released recipe (configs/lira_2b.py), all because nothing he
 pretrained:
 - stage 0 stands in for the OMG-Seg COCO-panoptic weights LIRA starts from: the pixel path
   (ConvNeXt + OMG-Seg head) alone learns panoptic segmentation of the synthetic scenes (one
-  thing class per colour and shape, lira_jax/train/panoptic.py). Stages 1 and 2 then keep it
-  frozen, as the released recipe does;
+  thing class per colour and shape, lira_jax/train/panoptic.py) against fixed class-name codes
+  (colour code + shape code, standing in for the OV file's CLIP text embeddings). Stages 1 and
+  2 then keep it frozen, as the released recipe does;
+- the [SEG] path decodes with its own trainable copy of the OMG-Seg decoder layers, post-norm and
+  mask embedding, seeded from stage 0 (OMG-LLaVA's `require_omg_decoder=True`; the released
+  LIRA decodes with the frozen decoder itself, which a from-scratch stage 0 leaves too weak);
 - the semantic encoder and the whole LLM train in stages 1 and 2 (the released recipe freezes
   them and trains LoRA adapters), with learning rates that suit a from-scratch model.
 Everything else (SEFE, the [SEG] path, the losses, stage 1 without InternVL tokens and with the
@@ -64,6 +68,8 @@ def get_config(arg=None):
   m.omg.image_size = 128  # scenes are drawn at this side: no resize between scene and masks
   m.omg.head.enc_layers, m.omg.head.dec_layers = 1, 2
   m.omg.head.num_things, m.omg.head.num_stuff = len(synthetic_panoptic.CLASSES), 0
+  m.omg.head.class_factors = synthetic_panoptic.CLASS_FACTORS
+  m.omg.head.seg_decoder_copy = stage >= 1
   m.llm.hidden_size, m.llm.num_layers, m.llm.num_heads, m.llm.num_kv_heads = 96, 3, 4, 2
   m.llm.head_dim, m.llm.mlp_dim = 24, 256
   m.llm.max_position_embeddings = 256
@@ -74,7 +80,10 @@ def get_config(arg=None):
   regions = max(REFERRING_ROUNDS, MAX_TARGETS)
   c.seq = ml_collections.ConfigDict(dict(max_len=32 + 64 * regions, max_tiles=1, max_queries=12,
                                          max_regions=regions, max_seg=2 * regions))
-  c.trainable = (r'^omg\.',) if stage == 0 else (r'^(?!omg\.)',)
+  # cls_embed stands for the OV file's CLIP text embeddings: fixed, as in OMG-Seg.
+  c.trainable = {0: (r'^omg\.(?!decoder\.cls_embed$)',),
+                 1: (r'^(?!omg\.)',),
+                 2: (r'^(?!omg\.)', r'^omg\.decoder\.\w+_llm\.')}[stage]
   c.loss.num_points = 1024
   c.loss.panoptic = ml_collections.ConfigDict(dict(  # Mask2Former's weights
       cls_weight=2.0, mask_weight=5.0, dice_weight=5.0, no_object_weight=0.1))

@@ -260,3 +260,57 @@ def test_decoder_matches_transformers():
   ref_queries = np.stack([np.swapaxes(h.numpy(), 0, 1) for h in ref.hidden_states[1:]])
   assert _max_err(out.mask_logits, ref_masks) < 1e-4
   assert _max_err(out.queries, ref_queries) < 1e-4
+
+
+# ----------------------------------------------------------------- [SEG]-path decoder copy
+def _with_seg_copy(cfg):
+  cfg = cfg.copy_and_resolve_references()
+  cfg.seg_decoder_copy = True
+  return cfg
+
+
+def test_seg_decoder_copy_is_seeded_from_the_panoptic_decoder(gold):
+  """transfer_params (stage seeding) fills a model with the `_llm` copy from one without it:
+  every copy equals its original (OMG-LLaVA's init_new_decoder), the rest is copied as is."""
+  from lira_jax.models.mask_decoder import SEG_COPY_SOURCES
+  from lira_jax.train.loop import transfer_params
+  from lira_jax.train.sharded_step import TrainState
+
+  def state_of(model):
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(nnx.state(model, nnx.Param), nnx.State({}), None, zero, zero)
+
+  with_copy = MaskedAttentionDecoder(_with_seg_copy(gold['cfg']), rngs=nnx.Rngs(1))
+  seeded, copied = transfer_params(state_of(with_copy), state_of(gold['model']))
+  flat = {'.'.join(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(seeded.trainable)}
+  source = param_io.flat_params(gold['model'])
+  assert copied == len(flat) and set(flat) - set(source)
+  for key, value in flat.items():
+    original = key
+    for copy, name in SEG_COPY_SOURCES.items():
+      original = original.replace(copy, name)
+    np.testing.assert_array_equal(value, source[original])
+
+
+def test_seg_decoder_copy_drives_the_seg_path_only(gold):
+  """With the copy seeded from the originals the [SEG] path reproduces the golden
+  forward_llm_seg; changing the copy changes [SEG] masks and leaves the panoptic pass golden."""
+  from lira_jax.models.mask_decoder import SEG_COPY_SOURCES
+  model = MaskedAttentionDecoder(_with_seg_copy(gold['cfg']), rngs=nnx.Rngs(1))
+  params = param_io.flat_params(gold['model'])
+  for copy, name in SEG_COPY_SOURCES.items():
+    params.update({k.replace(name, copy, 1): v for k, v in params.items()
+                   if k.split('.')[0] == name})
+  param_io.assign(model, params)
+  i, o = gold['inputs'], gold['outputs']
+  n = len(i['seg_batch_idxs'])
+  seg = nnx.jit(lambda m, *a: m.forward_seg(*a))
+  args = (jnp.asarray(i['seg_query'], jnp.float32), jnp.asarray(i['seg_batch_idxs'], jnp.int32),
+          jnp.ones((n,), bool), gold['mask_features'], gold['memories'])
+  assert _max_err(seg(model, *args).mask_logits, o['llm_seg_mask_pred_per_layer'][:, :, 0]) < MASK_TOL
+
+  last = model.mask_embed_llm.layers[-1]
+  last.bias.set_value(last.bias[...] + 1.0)
+  assert _max_err(seg(model, *args).mask_logits, o['llm_seg_mask_pred_per_layer'][:, :, 0]) > 0.1
+  out = nnx.jit(lambda m, f, mem: m(f, mem))(model, gold['mask_features'], gold['memories'])
+  _check_panoptic(out, o, gold['cfg'].dec_layers)

@@ -5,6 +5,7 @@ import math
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 from configs.common import stage_config
 from lira_jax.data import synthetic, synthetic_panoptic
@@ -65,3 +66,23 @@ def test_panoptic_targets_of_a_scene():
                              [o.mask.sum() for o in scene.objects], rtol=1e-6)
   names = [synthetic_panoptic.CLASSES[c] for c in out['pan_classes'][:n]]
   assert names == [f'{o.colour} {o.shape}' for o in scene.objects]
+
+
+def test_factored_class_prototypes_follow_the_class_order():
+  """Class k = (colour, shape) of synthetic_panoptic.CLASSES: unit codes whose cosine is 1/2
+  when one attribute is shared and 0 when none is; a zero background; every prototype alike."""
+  from lira_jax.models.mask_decoder import factored_class_prototypes
+  protos = factored_class_prototypes(synthetic_panoptic.CLASS_FACTORS, 16, 2)
+  assert protos.shape == (16, len(synthetic_panoptic.CLASSES) + 1, 2)
+  np.testing.assert_array_equal(protos[..., 0], protos[..., 1])
+  codes = protos[..., 0].T
+  np.testing.assert_allclose(np.linalg.norm(codes[:-1], axis=-1), 1.0, atol=1e-6)
+  assert not codes[-1].any()
+  names = [c.split() for c in synthetic_panoptic.CLASSES]
+  cos = codes[:-1] @ codes[:-1].T
+  for a, (ca, sa) in enumerate(names):
+    for b, (cb, sb) in enumerate(names):
+      expected = 1.0 if a == b else 0.5 * ((ca == cb) + (sa == sb))
+      assert abs(cos[a, b] - expected) < 1e-6, (names[a], names[b], cos[a, b])
+  with pytest.raises(ValueError, match='ov_dim'):
+    factored_class_prototypes((6, 5), 8, 1)

@@ -14,6 +14,7 @@ from lira_jax.data.encode import pixel_frame_mask
 from lira_jax.data.synthetic import COLOURS, SHAPES, Scene
 
 CLASSES = tuple(f'{c} {s}' for c in COLOURS for s in SHAPES)
+CLASS_FACTORS = (len(COLOURS), len(SHAPES))  # CLASSES enumerates colour x shape row-major
 
 
 def class_id(colour: str, shape: str) -> int:

@@ -151,13 +151,34 @@ def open_full_rows(blocked: jax.Array) -> jax.Array:
   return blocked & ~jnp.all(blocked, axis=-1, keepdims=True)
 
 
+# Where each [SEG]-path copy starts from when a model is seeded from one that lacks it.
+SEG_COPY_SOURCES = {'layers_llm': 'layers', 'post_norm_llm': 'post_norm',
+                    'mask_embed_llm': 'mask_embed'}
+
+
+def factored_class_prototypes(factors: Sequence[int], dim: int, protos: int) -> np.ndarray:
+  """Class-name embeddings for classes that are a product of attributes (class k enumerates
+  the factors row-major, e.g. colour x shape), standing in for the CLIP text embeddings of the
+  OV file when nothing is pretrained: the unit-norm concatenation of one one-hot code per factor
+  (classes sharing an attribute get cosine 1/len(factors)), the same for every prototype, and a
+  zero background as the OV file has -> f32[D, K+1, P]."""
+  if sum(factors) > dim:
+    raise ValueError(f'class_factors {tuple(factors)} need ov_dim >= {sum(factors)}, have {dim}')
+  codes = np.zeros((int(np.prod(factors)) + 1, dim), np.float32)
+  for k, values in enumerate(np.ndindex(*factors)):
+    codes[k, np.cumsum((0,) + tuple(factors[:-1])) + np.asarray(values)] = 1.0
+  codes /= np.maximum(np.linalg.norm(codes, axis=-1, keepdims=True), 1.0)
+  return np.repeat(codes.T[:, :, None], protos, axis=2)
+
+
 class MaskedAttentionDecoder(nnx.Module):
   """OMG-Seg transformer decoder + mask / sphere-class / IoU heads; cfg = configs.omg_seg `head`.
 
   Parameter names mirror `panoptic_head.*`: layers.* (= transformer_decoder.layers.N.*, stacked),
   post_norm, mask_embed, query_feat, query_embed, level_embed, cls_proj, mask_pooling_norm /
   mask_pooling_proj (= mask_pooling_proj.0 / .1), iou_embed, cls_embed (the non-persistent buffer
-  built from the OV file by convert/omg_seg.py), and the prompt parameters mask_tokens,
+  built from the OV file by convert/omg_seg.py; zeros until then, or `factored_class_prototypes`
+  when cfg.class_factors is set), and the prompt parameters mask_tokens,
   pb_embedding, pos_linear that LIRA's inference never reads.
   """
 
@@ -172,11 +193,22 @@ class MaskedAttentionDecoder(nnx.Module):
       return nnx.Param(jax.random.normal(rngs.params(), (rows, cols), param_dtype),
                        out_sharding=(None, 'seg_embed'))
 
-    self.layers = stacked(
-        lambda r: DecoderLayer(c, cfg.dec_heads, cfg.dec_ffn, dtype=dtype, param_dtype=param_dtype,
-                               rngs=r), cfg.dec_layers, rngs)
+    def layers():
+      return stacked(lambda r: DecoderLayer(c, cfg.dec_heads, cfg.dec_ffn, dtype=dtype,
+                                            param_dtype=param_dtype, rngs=r), cfg.dec_layers, rngs)
+
+    self.layers = layers()
     self.post_norm = LayerNorm(c, eps=_LN_EPS, axis_name='norm', param_dtype=param_dtype)
     self.mask_embed = _head_mlp((c, c, c, c), 'seg_mlp', **mods)
+    # OMG-LLaVA's require_omg_decoder (`init_new_decoder`): the [SEG] path runs its own copy of
+    # the layers, post_norm and mask_embed (seeded from the panoptic ones, see SEG_COPY_SOURCES)
+    # so it can train while the panoptic pass stays frozen. Off in the released LIRA configs.
+    if cfg.get('seg_decoder_copy'):
+      self.layers_llm = layers()
+      self.post_norm_llm = LayerNorm(c, eps=_LN_EPS, axis_name='norm', param_dtype=param_dtype)
+      self.mask_embed_llm = _head_mlp((c, c, c, c), 'seg_mlp', **mods)
+    else:
+      self.layers_llm = self.post_norm_llm = self.mask_embed_llm = None
     self.query_feat = table(nq, c)
     self.query_embed = table(nq, c)
     self.level_embed = table(cfg.num_levels, c)
@@ -184,7 +216,13 @@ class MaskedAttentionDecoder(nnx.Module):
     self.mask_pooling_proj = Linear(c, c, axes=('seg_embed', 'seg_mlp'), **mods)
     self.cls_proj = _head_mlp((c, c, c, cfg.ov_dim), 'ov_embed', **mods)
     num_classes = cfg.num_things + cfg.num_stuff
-    self.cls_embed = nnx.Param(jnp.zeros((cfg.ov_dim, num_classes + 1, cfg.ov_protos), param_dtype),
+    factors = cfg.get('class_factors')
+    prototypes = (factored_class_prototypes(tuple(factors), cfg.ov_dim, cfg.ov_protos) if factors
+                  else np.zeros((cfg.ov_dim, num_classes + 1, cfg.ov_protos), np.float32))
+    if prototypes.shape[1] != num_classes + 1:
+      raise ValueError(f'class_factors {factors} make {prototypes.shape[1] - 1} classes, the head '
+                       f'has {num_classes}')
+    self.cls_embed = nnx.Param(jnp.asarray(prototypes, param_dtype),
                                out_sharding=('ov_embed', None, None))
     self.iou_embed = _head_mlp((c, c, c, 1), None, **mods)
     self.mask_tokens = table(1, c)
@@ -193,9 +231,10 @@ class MaskedAttentionDecoder(nnx.Module):
 
   # ----------------------------------------------------------------------------------- heads
   def mask_logits(self, normed: jax.Array, mask_features: jax.Array,
-                  kv_index: jax.Array | None = None) -> jax.Array:
+                  kv_index: jax.Array | None = None, mask_embed: ReluMLP | None = None
+                  ) -> jax.Array:
     """normed [B, Q, C] (post_norm output), mask_features [Bk, h, w, C] -> f32[B, Q, h, w]."""
-    emb = self.mask_embed(normed)
+    emb = (mask_embed or self.mask_embed)(normed)
     features = mask_features.astype(emb.dtype)
     if kv_index is None:
       return jnp.einsum('bqc,bhwc->bqhw', emb, features)
@@ -231,21 +270,27 @@ class MaskedAttentionDecoder(nnx.Module):
       sizes.append((h, w))
     return keys, positions, sizes
 
-  def _decode(self, query, query_pos, mask_features, memories, kv_index, with_class, attn_masks):
-    """Shared loop: query/query_pos [B', Q, C]; attn_masks None or L bool[B', Q, S_j] to feed."""
+  def _decode(self, query, query_pos, mask_features, memories, kv_index, seg_path, attn_masks):
+    """Shared loop: query/query_pos [B', Q, C]; seg_path: the [SEG] path (no class heads, the
+    `_llm` copy when there is one) rather than the panoptic pass; attn_masks None or L
+    bool[B', Q, S_j] to feed."""
     if len(memories) != self.num_levels:
       raise ValueError(f'expected {self.num_levels} memory levels, got {len(memories)}')
     if attn_masks is not None and len(attn_masks) != self.num_layers:
       raise ValueError(f'expected {self.num_layers} teacher attention masks, got {len(attn_masks)}')
     keys, positions, sizes = self._keys(memories)
-    graphdef, stacked_state = nnx.split(self.layers)
+    if seg_path and self.layers_llm is not None:
+      layers, post_norm, mask_embed = self.layers_llm, self.post_norm_llm, self.mask_embed_llm
+    else:
+      layers, post_norm, mask_embed = self.layers, self.post_norm, self.mask_embed
+    graphdef, stacked_state = nnx.split(layers)
     masks, clss, ious, queries, fed = [], [], [], [], []
 
     def predict(q):
-      normed = self.post_norm(q)
-      logits = self.mask_logits(normed, mask_features, kv_index)
+      normed = post_norm(q)
+      logits = self.mask_logits(normed, mask_features, kv_index, mask_embed)
       masks.append(logits)
-      if with_class:
+      if not seg_path:
         cls, iou = self.classify(normed, logits, mask_features)
         clss.append(cls)
         ious.append(iou)
@@ -263,8 +308,8 @@ class MaskedAttentionDecoder(nnx.Module):
       queries.append(query)
       predict(query)
     return DecoderOutputs(
-        mask_logits=jnp.stack(masks), class_logits=jnp.stack(clss) if with_class else None,
-        iou_logits=jnp.stack(ious) if with_class else None, queries=jnp.stack(queries),
+        mask_logits=jnp.stack(masks), class_logits=None if seg_path else jnp.stack(clss),
+        iou_logits=None if seg_path else jnp.stack(ious), queries=jnp.stack(queries),
         attn_masks=tuple(fed))
 
   def __call__(self, mask_features: jax.Array, memories: Sequence[jax.Array], *,
@@ -278,7 +323,7 @@ class MaskedAttentionDecoder(nnx.Module):
     b = mask_features.shape[0]
     query = jnp.broadcast_to(self.query_feat[...].astype(self.dtype), (b, *self.query_feat.shape))
     pos = jnp.broadcast_to(self.query_embed[...].astype(self.dtype), query.shape)
-    return self._decode(query, pos, mask_features.astype(self.dtype), memories, None, True,
+    return self._decode(query, pos, mask_features.astype(self.dtype), memories, None, False,
                         attn_masks)
 
   def forward_seg(self, seg_queries: jax.Array, image_index: jax.Array, seg_valid: jax.Array,
@@ -296,7 +341,7 @@ class MaskedAttentionDecoder(nnx.Module):
     kv_index = jnp.clip(image_index.astype(jnp.int32), 0, mask_features.shape[0] - 1)
     teacher = None if attn_masks is None else [jnp.asarray(m)[:, None] for m in attn_masks]
     out = self._decode(seg_queries[:, None, :c], seg_queries[:, None, c:],
-                       mask_features.astype(self.dtype), memories, kv_index, False, teacher)
+                       mask_features.astype(self.dtype), memories, kv_index, True, teacher)
 
     def keep(x, n_axis):
       """Drops the single-query axis after the N axis and zeroes the padding slots."""

@@ -20,12 +20,14 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from lira_jax import param_io
+from lira_jax.models.mask_decoder import SEG_COPY_SOURCES
 from lira_jax.train import metrics as metrics_lib
 from lira_jax.train import sharded_step
 from lira_jax.train.checkpoint import Checkpointer
@@ -41,13 +43,22 @@ def transfer_params(state: sharded_step.TrainState, source: sharded_step.TrainSt
                     ) -> tuple[sharded_step.TrainState, int]:
   """Copies into `state` (trainable and frozen) every variable that `source` has at the same
   path with the same shape, placed with the target's sharding; optimizer state stays fresh.
+  A variable the source lacks that is a [SEG]-path decoder copy (mask_decoder.SEG_COPY_SOURCES)
+  starts from the panoptic original, as OMG-LLaVA's `init_new_decoder` does.
   Returns (new state, number of variables copied)."""
   src = {**_keyed(source.trainable), **_keyed(source.frozen)}
   copied = 0
 
+  def original(key: str) -> jax.Array | None:
+    for copy, name in SEG_COPY_SOURCES.items():
+      key = key.replace(f"['{copy}']", f"['{name}']")
+    y = src.get(key)
+    return None if y is None else jnp.copy(y)  # its own buffer: train states are donated
+
   def pick(path, x):
     nonlocal copied
-    y = src.get(jax.tree_util.keystr(path))
+    key = jax.tree_util.keystr(path)
+    y = src[key] if key in src else original(key)
     if y is None or y.shape != x.shape or y.dtype != x.dtype:
       return x
     copied += 1
