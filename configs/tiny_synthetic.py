@@ -18,7 +18,9 @@ pretrained:
   2 then keep it frozen, as the released recipe does;
 - the [SEG] path decodes with its own trainable copy of the OMG-Seg decoder layers, post-norm and
   mask embedding, seeded from stage 0 (OMG-LLaVA's `require_omg_decoder=True`; the released
-  LIRA decodes with the frozen decoder itself, which a from-scratch stage 0 leaves too weak);
+  LIRA decodes with the frozen decoder itself). Measured neutral together with the fixed class
+  codes (RES cIoU 0.408 vs 0.400, one seed); `--set model.omg.head.seg_decoder_copy=False`
+  turns it off;
 - the semantic encoder and the whole LLM train in stages 1 and 2 (the released recipe freezes
   them and trains LoRA adapters), with learning rates that suit a from-scratch model.
 Everything else (SEFE, the [SEG] path, the losses, stage 1 without InternVL tokens and with the

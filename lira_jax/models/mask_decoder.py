@@ -193,20 +193,19 @@ class MaskedAttentionDecoder(nnx.Module):
       return nnx.Param(jax.random.normal(rngs.params(), (rows, cols), param_dtype),
                        out_sharding=(None, 'seg_embed'))
 
-    def layers():
-      return stacked(lambda r: DecoderLayer(c, cfg.dec_heads, cfg.dec_ffn, dtype=dtype,
-                                            param_dtype=param_dtype, rngs=r), cfg.dec_layers, rngs)
+    def mask_path():
+      """(stacked layers, post_norm, mask_embed): what the panoptic and [SEG] passes run."""
+      return (stacked(lambda r: DecoderLayer(c, cfg.dec_heads, cfg.dec_ffn, dtype=dtype,
+                                             param_dtype=param_dtype, rngs=r), cfg.dec_layers, rngs),
+              LayerNorm(c, eps=_LN_EPS, axis_name='norm', param_dtype=param_dtype),
+              _head_mlp((c, c, c, c), 'seg_mlp', **mods))
 
-    self.layers = layers()
-    self.post_norm = LayerNorm(c, eps=_LN_EPS, axis_name='norm', param_dtype=param_dtype)
-    self.mask_embed = _head_mlp((c, c, c, c), 'seg_mlp', **mods)
+    self.layers, self.post_norm, self.mask_embed = mask_path()
     # OMG-LLaVA's require_omg_decoder (`init_new_decoder`): the [SEG] path runs its own copy of
     # the layers, post_norm and mask_embed (seeded from the panoptic ones, see SEG_COPY_SOURCES)
     # so it can train while the panoptic pass stays frozen. Off in the released LIRA configs.
     if cfg.get('seg_decoder_copy'):
-      self.layers_llm = layers()
-      self.post_norm_llm = LayerNorm(c, eps=_LN_EPS, axis_name='norm', param_dtype=param_dtype)
-      self.mask_embed_llm = _head_mlp((c, c, c, c), 'seg_mlp', **mods)
+      self.layers_llm, self.post_norm_llm, self.mask_embed_llm = mask_path()
     else:
       self.layers_llm = self.post_norm_llm = self.mask_embed_llm = None
     self.query_feat = table(nq, c)
