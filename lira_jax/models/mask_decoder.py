@@ -233,7 +233,7 @@ class MaskedAttentionDecoder(nnx.Module):
                   kv_index: jax.Array | None = None, mask_embed: ReluMLP | None = None
                   ) -> jax.Array:
     """normed [B, Q, C] (post_norm output), mask_features [Bk, h, w, C] -> f32[B, Q, h, w]."""
-    emb = (mask_embed or self.mask_embed)(normed)
+    emb = (self.mask_embed if mask_embed is None else mask_embed)(normed)
     features = mask_features.astype(emb.dtype)
     if kv_index is None:
       return jnp.einsum('bqc,bhwc->bqhw', emb, features)
