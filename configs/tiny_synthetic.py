@@ -21,8 +21,9 @@ pretrained:
   LIRA decodes with the frozen decoder itself). Measured neutral together with the fixed class
   codes (RES cIoU 0.408 vs 0.400, one seed); `--set model.omg.head.seg_decoder_copy=False`
   turns it off;
-- the semantic encoder and the whole LLM train in stages 1 and 2 (the released recipe freezes
-  them and trains LoRA adapters), with learning rates that suit a from-scratch model.
+- the semantic encoder and the whole LLM train in stages 1 and 2 from random weights (the
+  released recipe freezes them, pretrained, and trains LoRA adapters; in stage 1 the semantic
+  encoder sees only the ILVC region crops), with learning rates that suit a from-scratch model.
 Everything else (SEFE, the [SEG] path, the losses, stage 1 without InternVL tokens and with the
 projection loss) is the released model at tiny sizes.
 """
