@@ -105,6 +105,19 @@ def test_ilvc_slots_act_only_through_region_tokens(model, grad_fn):
   assert abs(float(changed) - float(base)) > 1e-4
 
 
+def test_internvl_alone_reads_the_tiles_not_the_pixel_path(model):
+  """The stage-0 InternVL forward: its logits move with the tiles, not with the OMG-Seg input."""
+  batch = make_batch(CFG, np.random.default_rng(5), num_tiles=(1, 2))
+  forward = nnx.jit(lambda m, b: m.internvl_logits(b)[0])
+  base = np.asarray(forward(model, as_jnp(batch)))
+  pixels = dict(batch, pixels=batch['pixels'] + 3.0)
+  np.testing.assert_array_equal(np.asarray(forward(model, as_jnp(pixels))), base)
+  tiles = dict(batch, tiles=batch['tiles'].copy())
+  tiles['tiles'][1, 0] += 3.0
+  moved = np.abs(np.asarray(forward(model, as_jnp(tiles))) - base).max(axis=(1, 2))
+  assert moved[0] == 0 and moved[1] > 1e-3
+
+
 @pytest.mark.slow
 def test_mixed_batch_equals_per_sample(model):
   batch = make_batch(CFG, np.random.default_rng(4), num_tiles=(2, 3), num_regions=(1, 0))

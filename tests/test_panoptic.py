@@ -1,15 +1,21 @@
 """Stage-0 panoptic pre-training: greedy matching, the Mask2Former-style loss on hand-computed
-cases, and the synthetic scenes' panoptic targets."""
+cases, the synthetic scenes' panoptic targets, and (slow) the `internvl0` stage-0 loss."""
 import math
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 
 from configs.common import stage_config
-from lira_jax.data import synthetic, synthetic_panoptic
+from lira_jax.data import pipeline, synthetic, synthetic_panoptic
+from lira_jax.data.synthetic_tokenizer import world_tokenizer
+from lira_jax.models.lira import LIRA
+from lira_jax.nn.lora import path_str
 from lira_jax.train import panoptic
+from lira_jax.train import step as step_lib
 
 WEIGHTS = ml_collections.ConfigDict(dict(cls_weight=2.0, mask_weight=5.0, dice_weight=5.0,
                                          no_object_weight=0.1))
@@ -86,3 +92,23 @@ def test_factored_class_prototypes_follow_the_class_order():
       assert abs(cos[a, b] - expected) < 1e-6, (names[a], names[b], cos[a, b])
   with pytest.raises(ValueError, match='ov_dim'):
     factored_class_prototypes((6, 5), 8, 1)
+
+
+@pytest.mark.slow
+def test_stage0_with_internvl0_trains_the_pixel_path_and_the_internvl_side():
+  """`internvl0`: the stage-0 loss adds the InternVL model's text CE to the panoptic terms, and
+  gradients reach the OMG-Seg head, the ViT and the LLM (the text part is not silently dropped)."""
+  cfg = stage_config('configs/tiny_synthetic.py:smoke,internvl0', 0)
+  cfg.train.batch_size = 2
+  tok = world_tokenizer(synthetic.vocabulary_texts(), cfg.tokens)
+  batch = next(iter(pipeline.train_dataset(cfg, tok, num_batches=1)))
+  model = LIRA(cfg, rngs=nnx.Rngs(0))
+  loss, parts, grads = step_lib.loss_and_grads(cfg)(
+      model, {k: jnp.asarray(v) for k, v in batch.items()}, jax.random.key(0))
+  assert float(parts['text']) > 0 and int(parts['num_tokens']) == int(
+      (batch['labels'][:, 1:] >= 0).sum())
+  np.testing.assert_allclose(float(loss), float(sum(parts[k] for k in ('text', 'cls', 'dice',
+                                                                       'bce'))), rtol=1e-5)
+  moved = {path_str(p).split('.')[0] for p, g in nnx.to_flat_state(grads)
+           if float(jnp.abs(g[...]).max()) > 0}
+  assert {'omg', 'vision', 'llm'} <= moved

@@ -37,6 +37,28 @@ def test_batches_follow_the_stage_stream():
   _assert_batches_equal(second, want)
 
 
+def test_stage0_pairs_a_panoptic_scene_with_an_internvl_sample():
+  cfg = stage_config('configs/tiny_synthetic.py:smoke,internvl0', 0)
+  cfg.train.batch_size = 2
+  batch = next(iter(pipeline.train_dataset(cfg, TOK, num_batches=1)))
+  d = cfg.data
+  for j in range(2):
+    scene = synthetic.make_scene(synthetic.sample_rng('train', j, d.world_seed), d.image_size)
+    assert batch['pan_valid'][j].sum() == len(scene.objects)
+    sample = synthetic.make_sample('train', pipeline.STAGE_STREAM_OFFSET // 2 + j,
+                                   size=d.image_size, world_seed=d.world_seed,
+                                   task_weights=dict(d.task_weights))
+    assert sample.task in ('caption', 'vqa', 'what', 'where')
+    element = synthetic.encode_sample(sample, TOK, cfg, ilvc=d.ilvc)
+    for key in pipeline.INTERNVL_KEYS:
+      np.testing.assert_array_equal(batch[key][j], element[key], err_msg=key)
+  default = stage_config('configs/tiny_synthetic.py:smoke', 0)
+  default.train.batch_size = 2
+  bare = next(iter(pipeline.train_dataset(default, TOK, num_batches=1)))
+  assert set(bare) == {'pixels', 'pan_masks', 'pan_classes', 'pan_valid'}
+  np.testing.assert_array_equal(bare['pan_masks'], batch['pan_masks'])
+
+
 def test_iterator_resumes_at_the_exact_example():
   ds = pipeline.train_dataset(CFG, TOK, num_batches=4)
   it = iter(ds)

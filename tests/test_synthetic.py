@@ -115,6 +115,35 @@ def test_sample_targets_match_answers(samples):
       assert s.answer.count('[REJ]') == sum(not t for t in s.targets)
 
 
+def test_internvl_pretraining_tasks_answer_from_the_scene():
+  """caption lists every object left to right; what names the attribute its expression leaves
+  out; where gives the 3 x 3 cell of the referred object's centroid (expressions resolved by the
+  independent parser above)."""
+  asked = set()
+  for i in range(30):
+    for task in ('caption', 'what', 'where'):
+      s = sy.make_sample('train', i, task=task, size=128)
+      objs = s.scene.objects
+      assert not s.targets and s.question.startswith('<image>\n')
+      if task == 'caption':
+        order = np.argsort([np.nonzero(o.mask)[1].mean() for o in objs])
+        assert re.findall(r'\ban? (\w+ \w+)', s.answer) == [
+            f'{objs[j].colour} {objs[j].shape}' for j in order]
+        continue
+      question = s.question.removeprefix('<image>\n').removesuffix(sy.VQA_SUFFIX)
+      kind, text = re.fullmatch(r'(What colour|What shape|Where) is (.+)\?', question).groups()
+      (obj,) = _resolve(s.scene, text)
+      ys, xs = np.nonzero(objs[obj].mask)
+      cell = (f"{('top', 'middle', 'bottom')[int(ys.mean() * 3 / 128)]} "
+              f"{('left', 'center', 'right')[int(xs.mean() * 3 / 128)]}")
+      want = {'What colour': objs[obj].colour, 'What shape': objs[obj].shape, 'Where': cell}
+      assert s.answer == want[kind], (question, s.answer)
+      if kind != 'Where':
+        assert s.answer not in text.split()
+      asked.add(kind)
+  assert asked == {'What colour', 'What shape', 'Where'}
+
+
 def test_tokenizer_round_trip_and_ids(samples):
   assert TOK.vocab_size == CFG.model.llm.vocab_size == 207
   assert lira_tokens.token_config(TOK) == TINY_TOKENS

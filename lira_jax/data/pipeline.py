@@ -33,10 +33,21 @@ def _encode(sample: synthetic.Sample, *, cfg, tokenizer) -> dict:
   return synthetic.encode_sample(sample, tokenizer, cfg, ilvc=cfg.data.ilvc)
 
 
-def _panoptic(index: int, *, cfg) -> dict:
+# What the InternVL half of a stage-0 element keeps of an encoded sample.
+INTERNVL_KEYS = ('tiles', 'tile_valid', 'ids', 'labels', 'text_valid')
+
+
+def _stage0(index: int, *, cfg, tokenizer) -> dict:
+  """A panoptic scene for the pixel path, and with cfg.data.task_weights an image-text sample
+  (another scene) for the InternVL side."""
   d = cfg.data
   rng = synthetic.sample_rng('train', index, d.world_seed)
-  return synthetic_panoptic.encode_panoptic(synthetic.make_scene(rng, d.image_size), cfg)
+  element = synthetic_panoptic.encode_panoptic(synthetic.make_scene(rng, d.image_size), cfg)
+  if d.task_weights:
+    sample = _generate(STAGE_STREAM_OFFSET // 2 + index, split='train', cfg=cfg)
+    encoded = _encode(sample, cfg=cfg, tokenizer=tokenizer)
+    element.update({k: encoded[k] for k in INTERNVL_KEYS})
+  return element
 
 
 def _samples(cfg, index: int, stop: int, count: int) -> grain.MapDataset:
@@ -52,7 +63,8 @@ def _samples(cfg, index: int, stop: int, count: int) -> grain.MapDataset:
 def train_dataset(cfg, tokenizer, *, num_batches: int) -> grain.IterDataset:
   """num_batches global batches of cfg.train.batch_size for this process (its share of each),
   from the train stream of cfg.stage. Elements: encode.collate batches of numpy arrays
-  (stage 0: synthetic_panoptic elements of bare scenes). cfg.data.kind 'mixture' reads real
+  (stage 0: synthetic_panoptic elements of bare scenes, plus INTERNVL_KEYS of an image-text
+  sample when the stage has tasks). cfg.data.kind 'mixture' reads real
   datasets instead (lira_jax.data.mixture_pipeline)."""
   if cfg.data.get('kind', 'synthetic') == 'mixture':
     return mixture_pipeline.mixture_dataset(cfg, tokenizer, num_batches=num_batches)
@@ -63,7 +75,7 @@ def train_dataset(cfg, tokenizer, *, num_batches: int) -> grain.IterDataset:
   stop = num_batches * global_batch
   if int(cfg.stage) == 0:
     encoded = grain.MapDataset.range(index, stop, count).map(
-        functools.partial(_panoptic, cfg=cfg))
+        functools.partial(_stage0, cfg=cfg, tokenizer=tokenizer))
   else:
     encoded = _samples(cfg, index, stop, count).map(
         functools.partial(_encode, cfg=cfg, tokenizer=tokenizer))

@@ -15,7 +15,10 @@ pair is borderline:
   no-target    `the green star` when there is none (an all-zero mask, answered with [REJ])
 Tasks: 'referring' (one expression per turn, LIRA's ILVC answer), 'gres' (GSVA answer over 1..max_targets
 expressions, at least one present), 'gcg' (grounded caption of up to max_targets objects left to
-right), 'attr' (yes/no: is there a <colour> <shape>?) and 'vqa' (colour/shape/count).
+right), 'attr' (yes/no: is there a <colour> <shape>?) and 'vqa' (colour/shape/count). Plain
+image-text tasks for pre-training the InternVL side (no masks): 'caption' (every object, left to
+right), 'what' (the colour or shape of a referred object the expression does not name) and
+'where' (the 3 x 3 cell of a referred object's centroid, `top left` ... `bottom right`).
 
 Sample i of split s uses the seed sequence (world_seed, split id, i): deterministic, and the
 splits never share a scene stream.
@@ -42,7 +45,9 @@ SIDES = {'on the left': 'left', 'on the right': 'right', 'at the top': 'top',
          'at the bottom': 'bottom'}
 NUMBERS = ('zero', 'one', 'two', 'three', 'four', 'five', 'six')
 SPLITS = {'train': 0, 'val': 1, 'test': 2}
-TASKS = ('referring', 'gres', 'gcg', 'attr', 'vqa')
+TASKS = ('referring', 'gres', 'gcg', 'attr', 'vqa', 'caption', 'what', 'where')
+CAPTION_QUESTION = 'Please describe the image in detail.'
+ROWS, COLUMNS = ('top', 'middle', 'bottom'), ('left', 'center', 'right')
 SYSTEM_MESSAGE = 'You are a helpful assistant.'
 VQA_SUFFIX = ' Answer the question using a single word or phrase.'
 GRES_QUESTION = 'Please segment {} in this image.'
@@ -313,6 +318,43 @@ def _attr(scene, rng, opts):
   return [(question + VQA_SUFFIX, answer)], (), ()
 
 
+def _caption(scene, rng, opts):
+  objs = sorted(range(len(scene.objects)), key=lambda i: scene.centroid(i)[1])
+  phrases = [_indefinite(f'{scene.objects[i].colour} {scene.objects[i].shape}') for i in objs]
+  listed = ', '.join(phrases[:-1]) + ' and ' + phrases[-1] if len(phrases) > 1 else phrases[0]
+  return [(CAPTION_QUESTION, f'The image shows {listed}.')], (), ()
+
+
+def _referred(scene, rng) -> tuple[str, int] | None:
+  """A random single-target expression (kind first, as the referring task draws) and its object."""
+  pools = [v for v in referring_expressions(scene).values() if v]
+  return _pick(rng, _pick(rng, pools)) if pools else None
+
+
+def _where_turn(scene, text: str, i: int):
+  cy, cx = scene.centroid(i)
+  size = scene.image.shape[0]
+  cell = f'{ROWS[min(2, int(3 * cy / size))]} {COLUMNS[min(2, int(3 * cx / size))]}'
+  return [(f'Where is {text}?' + VQA_SUFFIX, cell)], (), ()
+
+
+def _what(scene, rng, opts):
+  """Asks an attribute the expression leaves out; an expression naming both asks `where`."""
+  if (referred := _referred(scene, rng)) is None:
+    return None
+  text, i = referred
+  obj, words = scene.objects[i], text.split()
+  for what in ('colour', 'shape'):
+    if getattr(obj, what) not in words:
+      return [(f'What {what} is {text}?' + VQA_SUFFIX, getattr(obj, what))], (), ()
+  return _where_turn(scene, text, i)
+
+
+def _where(scene, rng, opts):
+  referred = _referred(scene, rng)
+  return None if referred is None else _where_turn(scene, *referred)
+
+
 def _vqa(scene, rng, opts):
   sides = [(p, i) for p, s in SIDES.items() if (i := side_object(scene, s)) is not None]
   if sides and rng.random() < 0.5:
@@ -333,7 +375,8 @@ class TaskOptions:
   absent_rate: float = 0.5  # chance that a gres expression after the first has no target
 
 
-_TASK_FNS = dict(referring=_referring, gres=_gres, gcg=_gcg, attr=_attr, vqa=_vqa)
+_TASK_FNS = dict(referring=_referring, gres=_gres, gcg=_gcg, attr=_attr, vqa=_vqa,
+                 caption=_caption, what=_what, where=_where)
 
 
 def make_sample(split: str, index: int, *, task: str | None = None, size: int = 256,
@@ -366,6 +409,7 @@ def vocabulary_texts() -> list[str]:
   t = TEMPLATES['internlm2-chat']
   return [*COLOURS, *SHAPES, *(s + 's' for s in SHAPES), *RELATIONS, *SIDES, *NUMBERS,
           'the all a an shape shapes largest smallest yes no and is there in',
+          *ROWS, *COLUMNS, 'Where', CAPTION_QUESTION,
           'What colour shape How many are there', 'Is there in the image The image shows',
           SYSTEM_MESSAGE, VQA_SUFFIX, GRES_QUESTION, GCG_QUESTION,
           lira_tokens.referring_question(''), t.system_template, *t.roles,

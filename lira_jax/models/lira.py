@@ -16,7 +16,7 @@ from lira_jax import sequence
 from lira_jax.models.intern_vit import SemanticEncoder
 from lira_jax.models.llm import LLM
 from lira_jax.models.omg_seg import OMGSeg
-from lira_jax.models.sefe import SEFE
+from lira_jax.models.sefe import SEFE, VisualTokens
 from lira_jax.models.seg_projector import TextToVision
 
 
@@ -92,6 +92,19 @@ class LIRA(nnx.Module):
         tokens=self.tokens)
     text_embeds = self.llm.embed_tokens(sequence.text_embed_ids(batch['ids']))
     return plan, sequence.gather_sequence(plan, text_embeds, visual.tokens, region_tokens)
+
+  def internvl_logits(self, batch: dict) -> tuple[jax.Array, sequence.SequencePlan]:
+    """The InternVL model alone (InternViT -> mlp1 -> LLM, the image's semantic tokens in place
+    of `<image>`; no pixel path, no SEFE): what the synthetic stage 0 pre-trains in place of
+    InternVL's own pre-training. batch: tiles f32[B, T, s, s, 3], tile_valid bool[B, T], ids /
+    labels i32[B, Lt], text_valid bool[B, Lt] -> (logits f32[B, L, V], plan)."""
+    semantic = self.encode_tiles(batch['tiles'])
+    visual = VisualTokens(tokens=semantic, valid=jnp.repeat(batch['tile_valid'],
+                                                            self.tokens_per_tile, axis=1))
+    b, _, h = semantic.shape
+    no_regions = jnp.zeros((b, 0, self.tokens_per_tile, h), semantic.dtype)
+    plan, embeds = self.embed_sequence(batch, visual, no_regions, jnp.zeros((b, 0), bool))
+    return self.llm(embeds, plan.valid), plan
 
   def decode_seg(self, hidden: jax.Array, valid: jax.Array, omg) -> jax.Array:
     """[SEG] hidden states f32[B, M, H] (final-normed), valid bool[B, M] -> mask logits

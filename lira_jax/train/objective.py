@@ -1,6 +1,7 @@
 """The LIRA training objective as released: text CE + (stage 2) point-sampled Dice/BCE over every
-[SEG] prediction step, or (stage 1) text CE + the query re-projection MSE; stage 0 (synthetic
-pre-training of the pixel path only) is the panoptic loss of the OMG-Seg decoder."""
+[SEG] prediction step, or (stage 1) text CE + the query re-projection MSE; stage 0 (the synthetic
+stand-in for the pretrained checkpoints LIRA starts from) is the panoptic loss of the OMG-Seg
+decoder plus, when the batch has text, the text CE of the InternVL model alone."""
 from __future__ import annotations
 
 import jax
@@ -17,9 +18,11 @@ def lira_loss(model: LIRA, batch: dict, rng: jax.Array, loss_cfg, *, pixel_feats
   stage 0: pixels and the synthetic_panoptic targets."""
   if model.stage == 0:
     dec = model.omg(batch['pixels']).decoder
-    return losses.total_loss(
-        panoptic.panoptic_loss(dec.class_logits, dec.mask_logits, batch, loss_cfg.panoptic),
-        loss_cfg)
+    parts = panoptic.panoptic_loss(dec.class_logits, dec.mask_logits, batch, loss_cfg.panoptic)
+    if 'ids' in batch:
+      logits, plan = model.internvl_logits(batch)
+      parts['text'], parts['num_tokens'] = losses.text_loss(logits, plan.labels)
+    return losses.total_loss(parts, loss_cfg)
   out = model(batch, pixel_feats=pixel_feats)
   text, num_tokens = losses.text_loss(out.logits, out.plan.labels)
   parts = {'text': text, 'num_tokens': num_tokens}
