@@ -91,6 +91,19 @@ def test_referring_expressions_resolve_to_one_object():
         assert _resolve(scene, text) == [obj], (kind, text)
 
 
+def test_expression_kind_and_shared_colour():
+  kinds = set()
+  for seed in range(8):
+    scene = sy.make_scene(seed)
+    for kind, pool in sy.referring_expressions(scene).items():
+      for text, obj in pool:
+        assert sy.expression_kind(text) == kind, text
+        kinds.add(kind)
+        colours = [o.colour for o in scene.objects]
+        assert sy.shares_colour(scene, obj) == (colours.count(colours[obj]) > 1)
+  assert kinds == {'attribute', 'relational', 'superlative'}
+
+
 def test_multi_and_absent_expressions():
   for seed in range(8):
     scene = sy.make_scene(seed)

@@ -200,6 +200,18 @@ def referring_expressions(scene: Scene) -> dict[str, list[str]]:
   return out
 
 
+def expression_kind(text: str) -> str:
+  """'relational', 'superlative' or 'attribute' for a single-target expression of this world."""
+  if any(f' {rel} the ' in text for rel in RELATIONS):
+    return 'relational'
+  return 'superlative' if text.split()[1] in ('largest', 'smallest') else 'attribute'
+
+
+def shares_colour(scene: Scene, i: int) -> bool:
+  """Whether another object of the scene has object i's colour."""
+  return any(o.colour == scene.objects[i].colour for k, o in enumerate(scene.objects) if k != i)
+
+
 def multi_target_expressions(scene: Scene) -> list[tuple[str, list[int]]]:
   """`all <noun>` for every noun matching two or more objects."""
   return [(f'all {_noun(c, s, plural=True)}', m)

@@ -1,6 +1,8 @@
 """Evaluation on a synthetic-world split with the teacher-forced evaluator: RES (single-target
 referring expressions, LIRA's ILVC answer) and GRES (GSVA answers with present and absent
-targets), plus PNG overlays of a few RES predictions.
+targets), plus PNG overlays of a few RES predictions. RES cIoU is also broken down by expression
+kind (res_ciou_attribute / _relational / _superlative) and by whether the target shares its
+colour with another object (res_ciou_shared_colour / _unique_colour): where the model fails.
 
 RES uses samples 0..num_res-1 of the split, GRES samples num_res..num_res+num_gres-1.
 """
@@ -13,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from lira_jax.data import encode, synthetic
-from lira_jax.eval import teacher_forced
+from lira_jax.eval import seg_metrics, teacher_forced
 from lira_jax.train.loop import log_line, put_batch
 
 GT_COLOUR, PRED_COLOUR = (40, 230, 60), (255, 40, 200)
@@ -56,6 +58,7 @@ def evaluate(cfg, graphdef, states, tokenizer, mesh, *, overlay_dir: str | None 
   t = cfg.tokens
   predict = teacher_forced.make_predict_fn(graphdef, int(t.seg), int(t.rej))
   acc = teacher_forced.Accumulator()
+  by_case = {}
   if overlay_dir:
     os.makedirs(overlay_dir, exist_ok=True)
   for task, start, count in (('referring', 0, e.num_res), ('gres', e.num_res, e.num_gres)):
@@ -68,6 +71,14 @@ def evaluate(cfg, graphdef, states, tokenizer, mesh, *, overlay_dir: str | None 
         first = np.zeros_like(has)
         first[:, 0] = has[:, 0]
         acc.add_res(out, first)
+        for j, s in enumerate(chunk):
+          if not first[j, 0]:
+            continue
+          (target,) = s.targets[0]
+          colour = 'shared' if synthetic.shares_colour(s.scene, target) else 'unique'
+          for case in (synthetic.expression_kind(s.expressions[0]), f'{colour}_colour'):
+            by_case.setdefault(case, seg_metrics.ResMeter()).add(out['inter'][j, :1],
+                                                                 out['union'][j, :1])
       else:
         gt_empty = batch['gt_masks'].reshape(*has.shape, -1).max(-1) == 0
         acc.add_gres(out, has, gt_empty)
@@ -78,5 +89,6 @@ def evaluate(cfg, graphdef, states, tokenizer, mesh, *, overlay_dir: str | None 
                   f'{s.expressions[0]}  IoU {iou:.2f}').save(
                       os.path.join(overlay_dir, f'res_{j:02d}.png'))
   result = acc.metrics()
+  result.update({f'res_ciou_{case}': m.metrics()['ciou'] for case, m in sorted(by_case.items())})
   log('  evaluated ' + ', '.join(f'{k} {v:.4g}' for k, v in result.items()))
   return result
