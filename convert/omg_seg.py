@@ -299,9 +299,10 @@ def verify(params, cfg, directory: pathlib.Path):
 
 
 # Golden README (OMG-Seg): continuous arrays 2e-5, mask logits 5e-5, class logits 2e-4 (scaled
-# x100), booleans exact.
-TOLERANCES = {r'mask_pred': 5e-5, r'cls_pred': 2e-4, r'(attn_mask|attention_mask)': 0.0,
-              r'.': 2e-5}
+# x100), booleans exact. The deformable-encoder memories reach |x| ~ 7, where float32 summation
+# order alone moves them by 2.4e-5 on some CPUs (relative 3.5e-6, session 9's machine): 5e-5.
+TOLERANCES = {r'mask_pred': 5e-5, r'cls_pred': 2e-4, r'multi_scale_memory': 5e-5,
+              r'(attn_mask|attention_mask)': 0.0, r'.': 2e-5}
 
 FAMILY = cli.Family(
     name='omg_seg', resolve_config=resolve_config, rules=rules, counts=counts, target=target,
