@@ -40,11 +40,12 @@ STAGE_OPTIM = {
     2: dict(lr=3e-3, steps=1100),
 }
 # `internvl0`: a stand-in for InternVL's own pre-training, beside the pixel path's in stage 0.
-# Measured (session 9, one run each): the InternVL model alone learns to read its tokens for
-# captions (val answer CE 0.55 vs 1.02 with another image's tokens after 2000 steps of batch
-# 16) and a little for `what` (0.72 vs 1.12), not for `where` (0.675 vs 0.678); end to end the
-# first [SEG] stays image-blind (RES cIoU 0.352 with the true tokens, 0.352 with another
-# image's) against 0.293 for the same 1500-step stage 0 without it. Not the default.
+# Measured (session 9, one run each; README "The main job"): trained alone on this mix for 2000
+# steps of batch 16, the InternVL side reads its tokens for captions (val answer CE 0.57 vs 0.91
+# with another image's tokens) and a little for `what` (0.72 vs 1.12), not for `where` (0.674 vs
+# 0.678); end to end the first [SEG] stays image-blind (RES cIoU 0.352 with the true tokens, 0.352
+# with another image's), against 0.293 for the same 1500-step stage 0 without it and 0.42 for the
+# default's 350 steps. Not the default.
 INTERNVL0_TASKS = dict(caption=0.25, vqa=0.25, what=0.25, where=0.25)
 INTERNVL0_STEPS = 1500
 # Task mix per stage (synthetic.make_sample task_weights). Stage 1 is LIRA's pre-training: text

@@ -32,9 +32,8 @@ def run_main(*args):
 
 def _readme_atol(name: str, reference: np.ndarray) -> float:
   """../shared/golden/README.md's suggested bounds: 2e-5 continuous, 5e-5 mask logits, 2e-4 class
-  logits, booleans exact. One exception: the deformable-encoder memories (|x| up to ~7) move by
-  up to 2.4e-5 with the CPU's float32 summation order alone (relative 3.5e-6, seen on one
-  machine), so they are held to the mask-logit bound."""
+  logits, booleans exact. One exception: the deformable-encoder memories are
+  held to the mask-logit bound (convert/omg_seg.py TOLERANCES says why)."""
   if reference.dtype == bool:
     return 0.0
   if 'mask_pred' in name or 'multi_scale_memory' in name:

@@ -19,6 +19,7 @@ from lira_jax.models.pixel_decoder import MSDeformAttnPixelDecoder
 GOLDEN = 'golden/omg_seg_head_tiny'
 PREFIX = 'panoptic_head.pixel_decoder.'
 TOL = 2e-5  # golden README: OMG-Seg continuous arrays
+MEMORY_TOL = 5e-5  # the deformable-encoder memories: see convert/omg_seg.py TOLERANCES
 
 
 def load_mmdet_weights(model: MSDeformAttnPixelDecoder, weights: dict[str, np.ndarray],
@@ -68,7 +69,8 @@ def test_golden_omg_seg_pixel_decoder(shared_dir):
     assert mem.shape == want.shape
     errors[f'multi_scale_memory_{k}'] = _max_err(mem, want)
   print('max abs errors:', errors)
-  assert max(errors.values()) <= TOL, errors
+  assert errors['mask_features'] <= TOL, errors
+  assert max(v for k, v in errors.items() if k.startswith('multi_scale')) <= MEMORY_TOL, errors
 
 
 # transformers key -> mmdet key, for the structurally identical HF pixel decoder.
