@@ -22,7 +22,6 @@ import lira_jax  # noqa: F401  (first: disables eager sharding)
 import argparse
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -32,7 +31,6 @@ from configs.common import stage_config
 from lira_jax.data import encode, synthetic
 from lira_jax.data.tokenizers import load_tokenizer
 from lira_jax.models.lira import LIRA
-from lira_jax.sequence import IGNORE_INDEX
 from lira_jax.train import losses
 
 KEYS = ('tiles', 'tile_valid', 'ids', 'labels', 'text_valid')
@@ -57,13 +55,8 @@ def answer_ce(model, batch, roll):
     batch = dict(batch, tiles=jnp.roll(batch['tiles'], 1, axis=0),
                  tile_valid=jnp.roll(batch['tile_valid'], 1, axis=0))
   logits, plan = model.internvl_logits(batch)
-  labels = plan.labels
-  targets = jnp.concatenate(
-      [labels[:, 1:], jnp.full((labels.shape[0], 1), IGNORE_INDEX, labels.dtype)], axis=1)
-  valid = targets != IGNORE_INDEX
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  ce = -jnp.take_along_axis(logp, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
-  return (ce * valid).sum(1), valid.sum(1)
+  nll, valid = losses.token_nll(logits, plan.labels)
+  return nll.sum(1), valid.sum(1)
 
 
 def main():

@@ -33,6 +33,19 @@ LOSS_KEYS = ('text', 'dice', 'bce', 'proj', 'cls')
 
 # ----------------------------------------------------------------------------------------- text
 
+def token_nll(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-token causal-LM negative log-likelihood: logits f32/bf16[B, T, V], labels i32[B, T]
+  (un-shifted, -100 = ignored) -> (nll f32[B, T], zero where not supervised; valid bool[B, T]).
+  Position t scores label t + 1, in float32."""
+  # Shifting the labels left instead of slicing the logits avoids copying the [B, T, V] array.
+  targets = jnp.concatenate(
+      [labels[:, 1:], jnp.full((labels.shape[0], 1), IGNORE_INDEX, labels.dtype)], axis=1)
+  valid = targets != IGNORE_INDEX
+  logits = logits.astype(jnp.float32)
+  picked = jnp.take_along_axis(logits, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
+  return jnp.where(valid, jax.nn.logsumexp(logits, axis=-1) - picked, 0.0), valid
+
+
 def text_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Causal-LM cross-entropy: logits f32/bf16[B, T, V], labels i32[B, T] (un-shifted, -100 =
   ignored) -> (loss f32[], num_tokens i32[]).
@@ -40,13 +53,7 @@ def text_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Arra
   Mean over all supervised tokens of the batch, computed in float32. With no supervised token the
   loss is 0 (HF would return NaN).
   """
-  # Shifting the labels left instead of slicing the logits avoids copying the [B, T, V] array.
-  targets = jnp.concatenate(
-      [labels[:, 1:], jnp.full((labels.shape[0], 1), IGNORE_INDEX, labels.dtype)], axis=1)
-  valid = targets != IGNORE_INDEX
-  logits = logits.astype(jnp.float32)
-  picked = jnp.take_along_axis(logits, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
-  nll = jnp.where(valid, jax.nn.logsumexp(logits, axis=-1) - picked, 0.0)
+  nll, valid = token_nll(logits, labels)
   num_tokens = valid.sum()
   return nll.sum() / jnp.maximum(num_tokens, 1), num_tokens
 
