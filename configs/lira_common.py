@@ -30,10 +30,12 @@ def parse_arg(arg: str | None) -> tuple[bool, int]:
 
 
 def lira_config(base: ml_collections.ConfigDict, *, tiny: bool, stage: int, lora_rank: int,
-                lora_alpha: float, clip_feat_channel: int | None = None):
-  """base: an InternVL2 config (configs/internvl2_*.py) of the matching size."""
+                lora_alpha: float, clip_feat_channel: int | None = None,
+                omg: ml_collections.ConfigDict | None = None):
+  """base: an InternVL2 config (configs/internvl2_*.py) of the matching size; omg: the pixel
+  path's configs.omg_seg config (default: the released one, or its tiny variant)."""
   c = base
-  omg = omg_seg.get_config('tiny' if tiny else None)
+  omg = omg or omg_seg.get_config('tiny' if tiny else None)
   tokens = TINY_TOKENS if tiny else RELEASED_TOKENS
   # Vocabulary: InternVL2 rows + 6 LIRA tokens + [REJ].
   c.model.llm.vocab_size = max(tokens.values()) + 1
