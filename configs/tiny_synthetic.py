@@ -9,7 +9,7 @@ Arg: comma list of
   no_sefe          stage 2 without the pre-LLM cross attention (SEFE fusion off)
   smoke            a few steps and a handful of eval samples (tests, quick checks)
   internvl0        stage 0 also pre-trains the InternVL side (InternViT + mlp1 + LLM, alone) on
-                   image-text samples for INTERNVL0_STEPS steps (see INTERNVL0_TASKS)
+                   image-text samples, for the stage-0 steps (see INTERNVL0_TASKS)
 
 Departures from the released recipe (configs/lira_2b.py), all because nothing here is
 pretrained:
@@ -52,9 +52,9 @@ STAGE_OPTIM = {
 # with another image's tokens) and a little for `what` (0.72 vs 1.12), not for `where` (0.674 vs
 # 0.678); end to end the first [SEG] stays image-blind (RES cIoU 0.352 with the true tokens, 0.352
 # with another image's), against 0.293 for the same 1500-step stage 0 without it and 0.42 for
-# session 9's default (350 stage-0 steps of a 4x narrower pixel path). Not the default.
+# session 9's default (350 stage-0 steps of a 4x narrower pixel path); session 9 ran it for 1500
+# stage-0 steps, it now runs the default's. Not the default.
 INTERNVL0_TASKS = dict(caption=0.25, vqa=0.25, what=0.25, where=0.25)
-INTERNVL0_STEPS = 1500
 # Task mix per stage (synthetic.make_sample task_weights). Stage 1 is LIRA's pre-training: text
 # answers about the image; stage 2 adds the segmentation tasks.
 STAGE_TASKS = {
@@ -122,7 +122,7 @@ def get_config(arg=None):
   c.loss.panoptic = ml_collections.ConfigDict(dict(  # Mask2Former's weights
       cls_weight=2.0, mask_weight=5.0, dice_weight=5.0, no_object_weight=0.1))
 
-  o = dict(STAGE_OPTIM[stage], **(dict(steps=INTERNVL0_STEPS) if internvl0 else {}))
+  o = STAGE_OPTIM[stage]
   c.optim.update(lr=o['lr'], warmup_ratio=0.05, warmup_start_factor=0.01, weight_decay=0.0,
                  grad_accum=1)
   del c.optim['batch_per_device']  # the loop's global batch is cfg.train.batch_size
