@@ -3,13 +3,14 @@ LLM, `LIRA.internvl_logits`, from random weights) on synthetic image-text tasks,
 val answers with each image's own semantic tokens and with the next image's (rolled over the
 batch).
 
-  python bench/image_reliance.py [--config configs/tiny_synthetic.py] [--tasks caption,vqa,what,where]
-                                 [--steps 2000] [--batch 16] [--lr 2e-3] [--eval-every 500]
+  python bench/image_reliance.py [--config configs/tiny_synthetic.py]
+      [--tasks caption,vqa,what,where] [--steps 2000] [--batch 16] [--lr 2e-3] [--eval-every 500]
 
 Per task and evaluation point: answer cross-entropy per supervised token, true / rolled. A model
 that ignores its image scores the same both ways. Tasks are synthetic.make_sample's (a `what`
-sample whose expression names both attributes asks `where`, and is counted under `what`). The last line is
-`image_reliance: task=X ...` with X = rolled CE / true CE - 1 at the last step (0 = blind).
+sample whose expression names both attributes asks `where`, and is counted under `what`). The
+last line is `image_reliance: task=X ...` with X = rolled CE / true CE - 1 at the last step
+(0 = blind).
 Session 9 (README, "The main job") used this to find that captions are read but `where` is not.
 """
 import os
