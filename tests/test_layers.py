@@ -12,6 +12,9 @@ CASES = {  # name: (input shape, in, out, kernel, strides, padding, groups)
     'pointwise': ((2, 9, 9, 6), 6, 5, (1, 1), (1, 1), 'VALID', 1),
     'depthwise': ((2, 11, 11, 4), 4, 4, (7, 7), (1, 1), ((3, 3), (3, 3)), 4),
     'dense': ((2, 10, 10, 6), 6, 5, (3, 3), (1, 1), ((1, 1), (1, 1)), 1),
+    # Non-square maps and kernels: the hand-written VJPs index rows and columns separately.
+    'depthwise_rect': ((3, 12, 9, 4), 4, 4, (5, 3), (1, 1), ((2, 2), (1, 1)), 4),
+    'dense_rect': ((2, 7, 11, 6), 6, 5, (1, 3), (1, 1), ((0, 0), (1, 1)), 1),
     'strided': ((2, 10, 10, 6), 6, 5, (3, 3), (2, 2), ((1, 1), (1, 1)), 1),
 }
 

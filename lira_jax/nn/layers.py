@@ -137,7 +137,11 @@ class Conv(nnx.Module):
 # Patch embeddings, 1x1 convs and depthwise convs are written as matmuls and shifted sums: same
 # arithmetic, but XLA's CPU convolution emitter has no fast path for their weight gradients
 # (measured 2-5x slower per layer on the 2-core CI machine), and these forms are as good on GPU/TPU.
-# Each is jitted so that an eager call (tests, conversion checks) is one program, not k*k ops.
+# The stride-1 forms carry their own VJPs: autodiff of a shifted slice is a zero-pad of the
+# whole map per kernel tap, and the kernel gradient of a depthwise conv as kh*kw reductions over
+# the batch is slower still (7x7 depthwise at 8x32x32x32 on 2 cores: 19 ms forward + backward
+# by autodiff, 5 ms with the VJPs below). Each is jitted so that an eager call (tests,
+# conversion checks) is one program, not k*k ops.
 
 @jax.jit
 def _patchify_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -150,10 +154,13 @@ def _patchify_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return jnp.einsum('bhiwjc,ijco->bhwo', patches, kernel, precision=jax.lax.Precision.HIGHEST)
 
 
-@jax.jit
-def _shifted_matmul_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """Stride-1 dense conv of a padded input: x f32[B, H, W, C], kernel f32[kh, kw, C, O]
-  -> f32[B, H - kh + 1, W - kw + 1, O], one matmul per kernel tap."""
+def _pad_for_transpose(g: jax.Array, kh: int, kw: int) -> jax.Array:
+  """The cotangent of a VALID stride-1 conv, zero-padded so that a VALID conv of it with the
+  flipped kernel gives the input's cotangent."""
+  return jnp.pad(g, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
+
+
+def _matmul_taps(x: jax.Array, kernel: jax.Array) -> jax.Array:
   kh, kw = kernel.shape[:2]
   ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
   taps = [jnp.einsum('bhwc,co->bhwo', x[:, i:i + ho, j:j + wo], kernel[i, j],
@@ -161,10 +168,29 @@ def _shifted_matmul_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return sum(taps[1:], taps[0])
 
 
-@jax.jit
-def _depthwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """Stride-1 depthwise conv of a padded input: x f32[B, H, W, C], kernel f32[kh, kw, 1, C]
-  -> f32[B, H - kh + 1, W - kw + 1, C], one shifted multiply-add per kernel tap."""
+@jax.custom_vjp
+def _shifted_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Stride-1 dense conv of a padded input: x f32[B, H, W, C], kernel f32[kh, kw, C, O]
+  -> f32[B, H - kh + 1, W - kw + 1, O], one matmul per kernel tap."""
+  return _matmul_taps(x, kernel)
+
+
+def _shifted_matmul_bwd(res, g):
+  x, kernel = res
+  kh, kw = kernel.shape[:2]
+  ho, wo = g.shape[1:3]
+  dx = _matmul_taps(_pad_for_transpose(g, kh, kw), kernel[::-1, ::-1].swapaxes(2, 3))
+  dk = jnp.stack([jnp.stack([
+      jnp.einsum('bhwc,bhwo->co', x[:, i:i + ho, j:j + wo], g,
+                 precision=jax.lax.Precision.HIGHEST) for j in range(kw)]) for i in range(kh)])
+  return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+_shifted_matmul.defvjp(lambda x, k: (_matmul_taps(x, k), (x, k)), _shifted_matmul_bwd)
+_shifted_matmul_conv = jax.jit(_shifted_matmul)
+
+
+def _depthwise_taps(x: jax.Array, kernel: jax.Array) -> jax.Array:
   kh, kw = kernel.shape[:2]
   ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
   y = x[:, :ho, :wo] * kernel[0, 0, 0]
@@ -173,6 +199,37 @@ def _depthwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
       if i or j:
         y = y + x[:, i:i + ho, j:j + wo] * kernel[i, j, 0]
   return y
+
+
+@jax.custom_vjp
+def _depthwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """Stride-1 depthwise conv of a padded input: x f32[B, H, W, C], kernel f32[kh, kw, 1, C]
+  -> f32[B, H - kh + 1, W - kw + 1, C], one shifted multiply-add per kernel tap."""
+  return _depthwise_taps(x, kernel)
+
+
+def _depthwise_bwd(res, g):
+  """Kernel gradient per (image, channel) plane n: dk[i, j] = sum_h,w x[n, i+h, j+w] g[n, h, w],
+  as one batched matmul over h (rows i..i+ho of x against g: cross[n, i, w, w'] for the W
+  columns w' of x) and sums along its diagonals w' = w + j. Diagonal j of a [wo, W] matrix is
+  column j of its row-major buffer, padded by wo, read as [wo, W + 1]."""
+  x, kernel = res
+  kh, kw = kernel.shape[:2]
+  b, ho, wo, c = g.shape
+  dx = _depthwise_taps(_pad_for_transpose(g, kh, kw), kernel[::-1, ::-1])
+  xt = jnp.transpose(x, (3, 0, 1, 2)).reshape(c * b, ho + kh - 1, wo + kw - 1)
+  gt = jnp.transpose(g, (3, 0, 1, 2)).reshape(c * b, ho, wo)
+  rows = jnp.stack([xt[:, i:i + ho] for i in range(kh)], axis=1)  # [n, kh, ho, W]
+  cross = jnp.einsum('nihv,nhw->niwv', rows, gt, precision=jax.lax.Precision.HIGHEST)
+  width = wo + kw - 1
+  skewed = jnp.pad(cross.reshape(c * b, kh, wo * width), ((0, 0), (0, 0), (0, wo)))
+  dk = skewed.reshape(c * b, kh, wo, width + 1).sum(2)[..., :kw]
+  dk = dk.reshape(c, b, kh, kw).sum(1).transpose(1, 2, 0)[:, :, None]
+  return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+_depthwise.defvjp(lambda x, k: (_depthwise_taps(x, k), (x, k)), _depthwise_bwd)
+_depthwise_conv = jax.jit(_depthwise)
 
 
 def stacked(make_layer, num_layers: int, rngs: nnx.Rngs):
