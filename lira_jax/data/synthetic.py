@@ -26,6 +26,7 @@ splits never share a scene stream.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 
@@ -71,12 +72,21 @@ class Scene:
   image: np.ndarray  # u8[H, W, 3]
   objects: tuple[Obj, ...]
 
+  # Cached: expression search asks for them thousands of times per scene.
+  @functools.cached_property
+  def _centroids(self) -> tuple[tuple[float, float], ...]:
+    return tuple((float(ys.mean()), float(xs.mean()))
+                 for ys, xs in (np.nonzero(o.mask) for o in self.objects))
+
+  @functools.cached_property
+  def _areas(self) -> tuple[int, ...]:
+    return tuple(int(o.mask.sum()) for o in self.objects)
+
   def centroid(self, i: int) -> tuple[float, float]:
-    ys, xs = np.nonzero(self.objects[i].mask)
-    return float(ys.mean()), float(xs.mean())
+    return self._centroids[i]
 
   def area(self, i: int) -> int:
-    return int(self.objects[i].mask.sum())
+    return self._areas[i]
 
 
 def _rng(seed_or_rng) -> np.random.Generator:
@@ -186,10 +196,8 @@ def referring_expressions(scene: Scene) -> dict[str, list[str]]:
       if best is not None:
         out['superlative'].append((f'the {word} {_noun(c, s)}', best))
   # Relational: a full-attribute target noun with a unique full-attribute anchor.
-  for (c, s), (c2, s2) in itertools.product(nouns, nouns):
-    if c is None or s is None or c2 is None or s2 is None:
-      continue
-    cands, anchors = _matches(scene, c, s), _matches(scene, c2, s2)
+  full = {(c, s): _matches(scene, c, s) for c, s in nouns if c and s}
+  for ((c, s), cands), ((c2, s2), anchors) in itertools.product(full.items(), full.items()):
     if len(anchors) != 1 or anchors[0] in cands or not cands:
       continue
     for rel in RELATIONS:
