@@ -43,12 +43,12 @@ from lira_jax.data import synthetic_panoptic
 # steps instead of 40 lifted GRES (0.51 -> 0.57 cIoU, N-acc 0.91 -> 1.0, one seed).
 # Session 11: the best panoptic query of each RES val target (an oracle choice of object) reaches
 # only cIoU 0.682 after the 2000-step stage 0; a 4000-step one (lr 2e-3) gives 0.736 at its step
-# 3000 and 0.769 at the end (lr 3e-3 x 3600: 0.695; batch 4 x 4000: 0.688), while a linear readout of the same
-# mask features fitted per target reaches 0.89: the queries, not the features, bound the masks,
-# and they keep improving with samples seen. End to end that does not carry over reliably: one
-# 4000-step stage 0 gave RES cIoU 0.580, one 3500-step stage 0 (oracle 0.713) 0.479 / 0.477 over
-# two stage-2 seeds, one 2000-step stage 0 0.473 (session 10's: 0.510); 4000 steps would not fit
-# 15 minutes, 3500 bought nothing measurable. So 2000.
+# 3000 and 0.769 at the end (lr 3e-3 x 3600: 0.695; batch 4 x 4000: 0.688), while a linear
+# readout of the same mask features fitted per target reaches 0.89: the queries, not the
+# features, bound the masks, and they keep improving with samples seen. End to end that does
+# not carry over reliably: one 4000-step stage 0 gave RES cIoU 0.580, one 3500-step stage 0
+# (oracle 0.713) 0.479 / 0.477 over two stage-2 seeds, one 2000-step stage 0 0.473 (session 10's:
+# 0.510); 4000 steps would not fit 15 minutes, 3500 bought nothing measurable. So 2000.
 STAGE_OPTIM = {
     0: dict(lr=2e-3, steps=2000),
     1: dict(lr=2e-3, steps=600),

@@ -212,7 +212,9 @@ def _depthwise_bwd(res, g):
   """Kernel gradient per (image, channel) plane n: dk[i, j] = sum_h,w x[n, i+h, j+w] g[n, h, w],
   as one batched matmul over h (rows i..i+ho of x against g: cross[n, i, w, w'] for the W
   columns w' of x) and sums along its diagonals w' = w + j. Diagonal j of a [wo, W] matrix is
-  column j of its row-major buffer, padded by wo, read as [wo, W + 1]."""
+  column j of its row-major buffer, padded by wo, read as [wo, W + 1]. Holds kh copies of x
+  (`rows`): fine for the stage-0 pixel path it was written for (the released recipe never
+  back-propagates through the ConvNeXt)."""
   x, kernel = res
   kh, kw = kernel.shape[:2]
   b, ho, wo, c = g.shape
