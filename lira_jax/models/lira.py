@@ -26,7 +26,9 @@ class LiraOutputs:
   seg_mask_logits f32[P, B·M, h, w] ([SEG] decoding, P prediction steps; zeros on slots that are
   padding or [REJ]); seg_valid bool[B·M] (slots that were decoded to a mask); hidden
   f32[B, L, H] final-normed LLM states; query_feat f32[B, Q, 2C] the OMG query vectors g and
-  query_keep bool[B, Q] the queries that do not own every prior cell (stage-1 projection loss)."""
+  query_keep bool[B, Q] the queries that do not own every prior cell (stage-1 projection loss);
+  seg_queries f32[B·M, 2C] what the [SEG] slots decode from; query_mask_logits f32[B, Q, h, w]
+  the panoptic pass's final masks (stride 4). Under jit, fields a caller drops cost nothing."""
   logits: jax.Array
   plan: sequence.SequencePlan
   seg_mask_logits: jax.Array
@@ -34,6 +36,8 @@ class LiraOutputs:
   hidden: jax.Array
   query_feat: jax.Array
   query_keep: jax.Array
+  seg_queries: jax.Array
+  query_mask_logits: jax.Array
 
 
 class LIRA(nnx.Module):
@@ -106,11 +110,16 @@ class LIRA(nnx.Module):
     plan, embeds = self.embed_sequence(batch, visual, no_regions, jnp.zeros((b, 0), bool))
     return self.llm(embeds, plan.valid), plan
 
+  def seg_queries(self, hidden: jax.Array) -> jax.Array:
+    """[SEG] hidden states f32[B, M, H] (final-normed) -> OMG-Seg queries f32[B·M, 2C]."""
+    b, m = hidden.shape[:2]
+    return self.text2vision(hidden).reshape(b * m, -1).astype(jnp.float32)
+
   def decode_seg(self, hidden: jax.Array, valid: jax.Array, omg) -> jax.Array:
     """[SEG] hidden states f32[B, M, H] (final-normed), valid bool[B, M] -> mask logits
     f32[P, B·M, h, w] (P prediction steps; zeros where not valid)."""
     b, m = valid.shape
-    queries = self.text2vision(hidden).reshape(b * m, -1).astype(jnp.float32)
+    queries = self.seg_queries(hidden)
     image_index = jnp.repeat(jnp.arange(b, dtype=jnp.int32), m)
     return self.omg.forward_seg(queries, image_index, valid.reshape(-1), omg.mask_features,
                                 omg.memories).mask_logits
@@ -133,7 +142,9 @@ class LIRA(nnx.Module):
                        seg_mask_logits=self.decode_seg(hidden, seg_valid, omg),
                        seg_valid=seg_valid.reshape(-1), hidden=out['last_hidden'],
                        query_feat=omg.prior.query_pos_feat,
-                       query_keep=omg.prior.attention_mask.sum(-1) > 0)
+                       query_keep=omg.prior.attention_mask.sum(-1) > 0,
+                       seg_queries=self.seg_queries(hidden),
+                       query_mask_logits=omg.decoder.mask_logits[-1])
 
   def reproject_queries(self, query_feat: jax.Array) -> jax.Array:
     """Stage-1 projection path g -> query_proj -> model -> text2vision: f32[..., 2C] -> [..., 2C]

@@ -249,11 +249,20 @@ class MaskedAttentionDecoder(nnx.Module):
     weights = inside / (inside.sum((-2, -1), keepdims=True) + 1e-8)
     pooled = jnp.einsum('bqhw,bhwc->bqc', weights, mask_features.astype(normed.dtype))
     emb = self.cls_proj(self.mask_pooling_proj(self.mask_pooling_norm(pooled)) + normed)
+    return self._sphere_logits(emb), self.iou_embed(normed)[..., 0].astype(jnp.float32)
+
+  def _sphere_logits(self, emb: jax.Array) -> jax.Array:
+    """cls_proj outputs [..., D] -> f32[..., K+1]: scaled cosine to the nearest prototype."""
     emb = emb.astype(jnp.float32)
     emb = emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), _NORM_EPS)
-    sims = jnp.einsum('bqd,dkp->bqkp', emb, self.cls_embed[...].astype(jnp.float32))
-    cls = self.logit_scale * sims.max(-1)
-    return cls, self.iou_embed(normed)[..., 0].astype(jnp.float32)
+    sims = jnp.einsum('...d,dkp->...kp', emb, self.cls_embed[...].astype(jnp.float32))
+    return self.logit_scale * sims.max(-1)
+
+  def query_class_logits(self, queries: jax.Array) -> jax.Array:
+    """The sphere classifier on raw decoder queries [..., C] alone (no mask pooling) ->
+    f32[..., K+1]: what a query by itself says of its class (the synthetic stage 0's
+    query-class loss, lira_jax/train/objective.py)."""
+    return self._sphere_logits(self.cls_proj(self.post_norm(queries)))
 
   # ---------------------------------------------------------------------------------- passes
   def _keys(self, memories: Sequence[jax.Array]):

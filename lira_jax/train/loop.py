@@ -189,7 +189,8 @@ def train_stage(cfg, workdir: str, mesh: Mesh, make_dataset, *, init_from=None, 
         row = _log_row(m, step - last_step, now - last, batch)
         last, last_step = now, step
         writer.write(step, row)
-        shown = {k: row[k] for k in ('loss', 'text', 'cls', 'dice', 'bce', 'proj') if k in row}
+        shown = {k: row[k] for k in ('loss', 'text', 'cls', 'dice', 'bce', 'proj', 'pointer')
+                 if k in row}
         log(progress.line(step, shown), end='\r' if sys.stdout.isatty() else '\n')
       stop = preemption.requested()
       if step % int(t.checkpoint_every) == 0 or step == total or stop:

@@ -1,14 +1,20 @@
 """The LIRA training objective as released: text CE + (stage 2) point-sampled Dice/BCE over every
 [SEG] prediction step, or (stage 1) text CE + the query re-projection MSE; stage 0 (the synthetic
 stand-in for the pretrained checkpoints LIRA starts from) is the panoptic loss of the OMG-Seg
-decoder plus, when the batch has text, the text CE of the InternVL model alone."""
+decoder plus, when the batch has text, the text CE of the InternVL model alone.
+
+Two terms outside the released recipe, off unless their weights are set (configs/tiny_synthetic.py
+measures them): loss.pointer_weight (lira_jax/train/seg_pointer.py) and, in stage 0,
+loss.panoptic.query_cls_weight: the class CE again on each layer's queries classified alone (no
+mask pooling), so the object queries the LLM later reads carry their class (shape as well as
+colour) in the vector itself."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
 from lira_jax.models.lira import LIRA, seg_targets
-from lira_jax.train import losses, panoptic
+from lira_jax.train import losses, panoptic, seg_pointer
 
 
 def lira_loss(model: LIRA, batch: dict, rng: jax.Array, loss_cfg, *, pixel_feats=None
@@ -19,6 +25,11 @@ def lira_loss(model: LIRA, batch: dict, rng: jax.Array, loss_cfg, *, pixel_feats
   if model.stage == 0:
     dec = model.omg(batch['pixels']).decoder
     parts = panoptic.panoptic_loss(dec.class_logits, dec.mask_logits, batch, loss_cfg.panoptic)
+    query_weight = loss_cfg.panoptic.get('query_cls_weight', 0.0)
+    if query_weight:
+      query_logits = model.omg.decoder.query_class_logits(dec.queries)  # after each layer
+      alone = panoptic.panoptic_loss(query_logits, dec.mask_logits[1:], batch, loss_cfg.panoptic)
+      parts['cls'] += query_weight / loss_cfg.panoptic.cls_weight * alone['cls']
     if 'ids' in batch:
       logits, plan = model.internvl_logits(batch)
       parts['text'], parts['num_tokens'] = losses.text_loss(logits, plan.labels)
@@ -33,5 +44,9 @@ def lira_loss(model: LIRA, batch: dict, rng: jax.Array, loss_cfg, *, pixel_feats
   else:
     gt = seg_targets(out.plan, batch['gt_masks'])
     parts.update(losses.mask_losses(rng, out.seg_mask_logits, gt, out.seg_valid, loss_cfg))
+    if loss_cfg.get('pointer_weight', 0.0):
+      parts['pointer'], parts['num_pointed'] = seg_pointer.pointer_loss(
+          out.seg_queries, out.query_mask_logits, out.query_feat, gt, out.seg_valid,
+          weight=loss_cfg.pointer_weight, min_iou=loss_cfg.pointer_min_iou)
     parts['seg_dropped'] = jnp.sum(out.plan.num_seg) - jnp.sum(out.plan.seg_valid)
   return losses.total_loss(parts, loss_cfg)
