@@ -61,6 +61,25 @@ def test_padding_slot_does_not_erase_a_match_to_query_0():
   np.testing.assert_allclose(parts['cls'], 2.0 * math.log1p(math.exp(-3)), rtol=1e-5)
 
 
+def test_query_class_term_uses_the_main_matching():
+  # Two steps (initial queries + one layer). At step 1 the masks match the instance to query 0;
+  # the queries-alone logits are scored against that matching, not matched again: query 1's
+  # confident class-0 logit earns it nothing because it is no-object at step 1.
+  mask_logits = jnp.array([[[[0.0, 0.0]], [[2.0, -2.0]]],
+                           [[[2.0, -2.0]], [[0.0, 0.0]]]])[:, None]  # [L=2, B=1, Q=2, 1, 2]
+  class_logits = jnp.zeros((2, 1, 2, 2))
+  query_logits = jnp.array([[[[0.0, 0.0], [3.0, 0.0]]]])  # [L-1, B, Q, K+1]
+  batch = dict(pan_masks=jnp.array([[[[1.0, 0.0]], [[0.0, 1.0]]]]),
+               pan_classes=jnp.array([[0, 0]]), pan_valid=jnp.array([[True, False]]))
+  weights = ml_collections.ConfigDict(dict(WEIGHTS, query_cls_weight=3.0))
+  base = panoptic.panoptic_loss(class_logits, mask_logits, batch, weights)
+  parts = panoptic.panoptic_loss(class_logits, mask_logits, batch, weights, query_logits)
+  # Query 0 -> class 0 (weight 1): ln 2; query 1 -> no-object (weight 0.1): log(1 + e^3).
+  alone = (math.log(2) + 0.1 * math.log1p(math.exp(3))) / 1.1
+  np.testing.assert_allclose(parts['cls'] - base['cls'], 3.0 * alone, rtol=1e-5)
+  np.testing.assert_allclose(parts['dice'], base['dice'])
+
+
 def test_panoptic_targets_of_a_scene():
   cfg = stage_config('configs/tiny_synthetic.py:smoke', 0)
   scene = synthetic.make_scene(np.random.default_rng(3), cfg.data.image_size)
