@@ -3,6 +3,9 @@ referring expressions, LIRA's ILVC answer) and GRES (GSVA answers with present a
 targets), plus PNG overlays of a few RES predictions. RES cIoU is also broken down by expression
 kind (res_ciou_attribute / _relational / _superlative) and by whether the target shares its
 colour with another object (res_ciou_shared_colour / _unique_colour): where the model fails.
+res_right_object separates choosing from drawing: the fraction of RES targets whose predicted mask
+overlaps the target best among the scene's objects (by IoU), and res_iou_if_right the mean IoU of
+those.
 
 RES uses samples 0..num_res-1 of the split, GRES samples num_res..num_res+num_gres-1.
 """
@@ -50,6 +53,13 @@ def overlay(image: np.ndarray, pred: np.ndarray, gt: np.ndarray, caption: str) -
   return canvas
 
 
+def picked_object(pred: np.ndarray, objects) -> int:
+  """Index of the scene object whose mask has the highest IoU with bool pred[H, W], -1 when the
+  prediction touches none."""
+  ious = [np.sum(pred & o.mask) / max(np.sum(pred | o.mask), 1) for o in objects]
+  return int(np.argmax(ious)) if max(ious, default=0) > 0 else -1
+
+
 def evaluate(cfg, graphdef, states, tokenizer, mesh, *, overlay_dir: str | None = None,
              log=log_line) -> dict[str, float]:
   """RES cIoU / gIoU and GRES cIoU / gIoU / N-acc / T-acc on cfg.eval.split; writes
@@ -58,7 +68,7 @@ def evaluate(cfg, graphdef, states, tokenizer, mesh, *, overlay_dir: str | None 
   t = cfg.tokens
   predict = teacher_forced.make_predict_fn(graphdef, int(t.seg), int(t.rej))
   acc = teacher_forced.Accumulator()
-  by_case = {}
+  by_case, right_ious, res_targets = {}, [], 0
   if overlay_dir:
     os.makedirs(overlay_dir, exist_ok=True)
   for task, start, count in (('referring', 0, e.num_res), ('gres', e.num_res, e.num_gres)):
@@ -75,6 +85,9 @@ def evaluate(cfg, graphdef, states, tokenizer, mesh, *, overlay_dir: str | None 
           if not first[j, 0]:
             continue
           (target,) = s.targets[0]
+          res_targets += 1
+          if picked_object(out['masks'][j, 0], s.scene.objects) == target:
+            right_ious.append(out['inter'][j, 0] / max(out['union'][j, 0], 1.0))
           colour = 'shared' if synthetic.shares_colour(s.scene, target) else 'unique'
           for case in (synthetic.expression_kind(s.expressions[0]), f'{colour}_colour'):
             by_case.setdefault(case, seg_metrics.ResMeter()).add(out['inter'][j, :1],
@@ -90,5 +103,7 @@ def evaluate(cfg, graphdef, states, tokenizer, mesh, *, overlay_dir: str | None 
                       os.path.join(overlay_dir, f'res_{j:02d}.png'))
   result = acc.metrics()
   result.update({f'res_ciou_{case}': m.metrics()['ciou'] for case, m in sorted(by_case.items())})
+  result.update(res_right_object=len(right_ious) / max(res_targets, 1),
+                res_iou_if_right=float(np.mean(right_ious)) if right_ious else 0.0)
   log('  evaluated ' + ', '.join(f'{k} {v:.4g}' for k, v in result.items()))
   return result
