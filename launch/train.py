@@ -9,7 +9,8 @@ each seeded from the one before), evaluated on the val split (RES
 cIoU/gIoU, GRES cIoU/gIoU/N-acc/T-acc), a metrics table printed, PNG overlays and metrics.json
 written; the last output line is the metrics.json path. Each stage resumes from its latest
 checkpoint in WORKDIR/stageN, so re-running after an interruption continues where it stopped; a
-SIGTERM checkpoints at the next step and exits cleanly (code 0).
+SIGTERM checkpoints at the next step and exits cleanly (code 0). `--stages 2` on a workdir
+whose stage 1 has a checkpoint starts stage 2 from it.
 """
 from __future__ import annotations
 
@@ -62,12 +63,33 @@ def apply_overrides(cfg, overrides: list[str]):
   return cfg
 
 
+def _has_checkpoint(stage_workdir: str) -> bool:
+  ckpts = os.path.join(stage_workdir, 'checkpoints')
+  return os.path.isdir(ckpts) and any(name.isdigit() for name in os.listdir(ckpts))
+
+
+def _with_seed_stage(workdir: str, stages: list[int]) -> list[int]:
+  """A run that starts at stage s > 0 seeds it from stage s - 1 of the same workdir when that
+  stage has a checkpoint (restored; trained on first if it was interrupted), as a full run
+  would; without one, stage s starts from its initialisation and the log says so."""
+  first = stages[0] if stages else 0
+  if first == 0 or _has_checkpoint(stage_dir(workdir, first)):
+    return stages
+  if _has_checkpoint(stage_dir(workdir, first - 1)):
+    print(f'stage {first} starts from stage {first - 1} of {workdir}', flush=True)
+    return [first - 1, *stages]
+  print(f'stage {first} starts from its initialisation: no stage {first - 1} checkpoint in '
+        f'{workdir}', flush=True)
+  return stages
+
+
 def run(config: str, workdir: str, stages: list[int], do_eval: bool = True,
         overrides: list[str] = ()) -> str | None:
   """Trains `stages` in order and evaluates the last; returns the metrics.json path, or None
   when a SIGTERM stopped training (checkpointed: the same call resumes)."""
   began = time.monotonic()
   os.makedirs(workdir, exist_ok=True)
+  stages = _with_seed_stage(workdir, list(stages))
   result = dict(config=config, train_seconds=0.0, devices=jax.device_count())
   state = graphdef = cfg = tokenizer = mesh = None
   for stage in stages:

@@ -1,10 +1,11 @@
-"""Launch plumbing without a cluster: config overrides from the command line, the multi-process
-environment detection, and the released data mixture of the real configs."""
+"""Launch plumbing without a cluster: config overrides from the command line, which stage a
+partial run seeds from, the multi-process environment detection, and the released data mixture
+of the real configs."""
 import pytest
 
 import lira_jax  # noqa: F401
 from configs.common import stage_config
-from launch.train import apply_overrides
+from launch.train import _with_seed_stage, apply_overrides
 from lira_jax import distributed
 from lira_jax.data import mixture_pipeline
 
@@ -18,6 +19,20 @@ def test_overrides_parse_literals_and_reject_unknown_keys():
     apply_overrides(cfg, ['data.nope=1'])
   with pytest.raises(ValueError):
     apply_overrides(cfg, ['data.root'])
+
+
+def test_partial_run_seeds_from_the_previous_stage_checkpoint(tmp_path, capsys):
+  work = str(tmp_path)
+  assert _with_seed_stage(work, [1, 2]) == [1, 2]  # nothing to seed from
+  assert 'from its initialisation' in capsys.readouterr().out
+  (tmp_path / 'stage0' / 'checkpoints' / '2000').mkdir(parents=True)
+  assert _with_seed_stage(work, [1, 2]) == [0, 1, 2]
+  assert _with_seed_stage(work, [2]) == [2]  # stage 1 has no checkpoint
+  (tmp_path / 'stage2' / 'checkpoints' / '25').mkdir(parents=True)
+  assert _with_seed_stage(work, [2]) == [2]  # resumes itself
+  (tmp_path / 'stage1' / 'checkpoints' / 'tmp').mkdir(parents=True)  # no step directory
+  assert _with_seed_stage(work, [2]) == [2]
+  assert _with_seed_stage(work, [0, 1]) == [0, 1]
 
 
 @pytest.mark.parametrize('env,want', [
