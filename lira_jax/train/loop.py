@@ -31,6 +31,7 @@ from lira_jax.models.mask_decoder import SEG_COPY_SOURCES
 from lira_jax.train import metrics as metrics_lib
 from lira_jax.train import sharded_step
 from lira_jax.train.checkpoint import Checkpointer
+from lira_jax.train.losses import LOSS_KEYS
 
 log_line = functools.partial(print, flush=True)
 
@@ -189,8 +190,7 @@ def train_stage(cfg, workdir: str, mesh: Mesh, make_dataset, *, init_from=None, 
         row = _log_row(m, step - last_step, now - last, batch)
         last, last_step = now, step
         writer.write(step, row)
-        shown = {k: row[k] for k in ('loss', 'text', 'cls', 'dice', 'bce', 'proj', 'pointer')
-                 if k in row}
+        shown = {k: row[k] for k in ('loss', *LOSS_KEYS) if k in row}
         log(progress.line(step, shown), end='\r' if sys.stdout.isatty() else '\n')
       stop = preemption.requested()
       if step % int(t.checkpoint_every) == 0 or step == total or stop:
