@@ -52,6 +52,9 @@ from lira_jax.data import synthetic_panoptic
 # not carry over reliably: one 4000-step stage 0 gave RES cIoU 0.580, one 3500-step stage 0
 # (oracle 0.713) 0.479 / 0.477 over two stage-2 seeds, one 2000-step stage 0 0.473 (session 10's:
 # 0.510); 4000 steps would not fit 15 minutes, 3500 bought nothing measurable. So 2000.
+# Session 14: shorter stages 1-2 fit 15 minutes but cost quality. Stages 0 / 1 / 2 of
+# 2000 / 400 / 1000 ran in 14 min 06 s (RES cIoU 0.487, N-acc 0.870); 2000 / 600 / 1200 gave
+# 0.505 / 0.891; this schedule gives 0.547 / 0.978.
 STAGE_OPTIM = {
     0: dict(lr=2e-3, steps=2000),
     1: dict(lr=2e-3, steps=600),
@@ -93,7 +96,9 @@ ABSENT_RATE = 0.75
 # seeds (right object 75 %), GRES 0.550 / 0.584, N-acc 0.978 / 0.935, against 0.473 / 0.478 /
 # 0.510 for runs without them. Session 13: scoring the query-class term with the main term's
 # matching instead gave 0.467 (right object 65 %). Cost per step: stage 0 +13 % (0.238 vs 0.210
-# s), stage 2 +3 % (0.250 vs 0.243 s), measured in session 13.
+# s), stage 2 +3 % (0.250 vs 0.243 s), measured in session 13. Session 14: on the val objects'
+# best queries, g classified alone still names the shape only 34 % of the time (the mask-pooled
+# classifier: 83 %), so the gain does not come from shape in g.
 # Off: --set loss.panoptic.query_cls_weight=0 --set loss.pointer_weight=0.
 QUERY_CLS_WEIGHT = 2.0
 POINTER_WEIGHT = 2.0
