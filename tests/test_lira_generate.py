@@ -144,8 +144,14 @@ def test_matches_full_forward_of_the_generated_sequence(model, generated):
     assert plan.seg_valid[i].sum() == n
     pos = plan.seg_index[i, :n]
     np.testing.assert_allclose(generated['seg_logits'][i, :n], logits[i, pos], atol=1e-4)
-  ref_masks = np.asarray(out.seg_mask_logits[-1]).reshape(len(batch['ids']), CFG.seq.max_seg,
-                                                          *generated['mask_logits'].shape[2:])
+  b = len(batch['ids'])
+  # The config's mask refiner works on each slot's stride-4 logits: the forward's go through it
+  # the same way (it sees the same pixels and the same coarse logits).
+  ref_masks = jax.jit(lambda g, s, x, p: nnx.merge(g, s).refine_seg_logits(
+      x, p, jnp.repeat(jnp.arange(b, dtype=jnp.int32), CFG.seq.max_seg)))(
+          *nnx.split(model), out.seg_mask_logits[-1], jnp.asarray(batch['pixels']))
+  ref_masks = np.asarray(ref_masks).reshape(b, CFG.seq.max_seg,
+                                            *generated['mask_logits'].shape[2:])
   k = min(CFG.seq.max_seg, MAX_SEG)  # the training buffer holds the first k slots
   used = generated['seg_valid'][:, :k]
   assert used.sum() >= 4

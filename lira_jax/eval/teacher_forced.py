@@ -49,6 +49,9 @@ def predict(model, batch: dict, seg_id: int, rej_id: int) -> dict[str, jax.Array
   logits = remasked.seg_mask_logits[-1]  # [B·M, h, w]
   logits = logits.reshape(b, -1, *logits.shape[1:])
   logits = jnp.take_along_axis(logits, slot[:, :, None, None], axis=1)
+  logits = model.refine_seg_logits(logits.reshape(b * k, *logits.shape[2:]), batch['pixels'],
+                                   jnp.repeat(jnp.arange(b, dtype=jnp.int32), k))
+  logits = logits.reshape(b, k, *logits.shape[1:])
   masks = (resize_bilinear(logits, (side, side)) > 0) & has_slot[..., None, None]
   inter = jnp.sum(masks & gt, axis=(-2, -1)).astype(jnp.float32)
   union = jnp.sum(masks | gt, axis=(-2, -1)).astype(jnp.float32)

@@ -87,7 +87,8 @@ def generate(model: LIRA, batch: dict, key: jax.Array, opts: GenerateOptions) ->
 
   Returns tokens i32[B, N] (padding 0 after the stop), lengths i32[B], finished bool[B],
   seg_valid / seg_is_rej bool[B, M], seg_step i32[B, M], seg_logits f32[B, M, V],
-  mask_logits f32[B, M, h, w] and masks bool[B, M, H, W] (False on [REJ] and unused slots),
+  mask_logits f32[B, M, h, w] (stride 4; f32[B, M, S, S] at the pixel input's side when the
+  model has a mask refiner) and masks bool[B, M, H, W] (False on [REJ] and unused slots),
   regions i32[B] (ILVC regions appended), prompt_length i32[B] (tokens the prompt needs; over
   the context, cfg.seq.max_len, it was cut)."""
   tokens = model.tokens
@@ -109,6 +110,7 @@ def generate(model: LIRA, batch: dict, key: jax.Array, opts: GenerateOptions) ->
     last = jnp.maximum(slots.count - 1, 0)
     hidden = jnp.take_along_axis(slots.hidden, last[:, None, None], axis=1)
     logits = model.decode_seg(hidden, trigger[:, None], omg)[-1]
+    logits = model.refine_seg_logits(logits, batch['pixels'], jnp.arange(b, dtype=jnp.int32))
     masks = seg_masks_to_image(logits, image_hw, trigger, out_hw)
     pixels = jax.vmap(lambda im, m, hw: ilvc.region_pixels(im, m, hw, tile_side))(
         image, masks, image_hw)
@@ -157,6 +159,8 @@ def generate(model: LIRA, batch: dict, key: jax.Array, opts: GenerateOptions) ->
   used = jnp.arange(opts.max_seg)[None] < slots.count[:, None]
   decoded = used & ~slots.is_rej
   mask_logits = model.decode_seg(slots.hidden, decoded, omg)[-1]  # [B·M, h, w]
+  mask_logits = model.refine_seg_logits(
+      mask_logits, batch['pixels'], jnp.repeat(jnp.arange(b, dtype=jnp.int32), opts.max_seg))
   masks = seg_masks_to_image(mask_logits, jnp.repeat(image_hw, opts.max_seg, axis=0),
                              decoded.reshape(-1), out_hw)
   m = opts.max_seg

@@ -15,6 +15,7 @@ from flax import nnx, struct
 from lira_jax import sequence
 from lira_jax.models.intern_vit import SemanticEncoder
 from lira_jax.models.llm import LLM
+from lira_jax.models.mask_refine import MaskRefiner
 from lira_jax.models.omg_seg import OMGSeg
 from lira_jax.models.sefe import SEFE, VisualTokens
 from lira_jax.models.seg_projector import TextToVision
@@ -57,6 +58,8 @@ class LIRA(nnx.Module):
     self.omg = OMGSeg(m.omg, with_backbone=with_backbone, rngs=rngs)
     self.projector = SEFE(m.sefe, h, **mods)
     self.text2vision = TextToVision(h, m.text2vision.out_dim, **mods)
+    refine = m.get('mask_refine')
+    self.mask_refiner = MaskRefiner(refine, rngs=rngs) if refine else None
     self.stage = int(cfg.stage)
     self.tokens = dict(cfg.tokens)
     self.max_len, self.max_seg = int(cfg.seq.max_len), int(cfg.seq.max_seg)
@@ -123,6 +126,16 @@ class LIRA(nnx.Module):
     image_index = jnp.repeat(jnp.arange(b, dtype=jnp.int32), m)
     return self.omg.forward_seg(queries, image_index, valid.reshape(-1), omg.mask_features,
                                 omg.memories).mask_logits
+
+  def refine_seg_logits(self, mask_logits: jax.Array, pixels: jax.Array,
+                        image_index: jax.Array) -> jax.Array:
+    """[SEG] mask logits f32[N, h, w] (stride 4) of images pixels f32[B, S, S, 3] (image_index
+    i32[N]) -> refined logits f32[N, S, S] when the model has a mask refiner
+    (lira_jax/models/mask_refine.py); without one, mask_logits unchanged. Callers resize the
+    result to their output size either way."""
+    if self.mask_refiner is None:
+      return mask_logits
+    return self.mask_refiner(mask_logits, pixels, image_index)
 
   def __call__(self, batch: dict, *, pixel_feats=None) -> LiraOutputs:
     """batch: the image side of `encode_images`, regions f32[B, R, s, s, 3], region_valid

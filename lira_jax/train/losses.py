@@ -28,7 +28,7 @@ _F32_EPS = float(np.finfo(np.float32).eps)
 # The reference passes avg_factor = count + 1e-4 (OMG-Seg `llm_seg_loss`).
 _AVG_OFFSET = 1e-4
 # Keys of `total_loss` parts that are losses; anything else is passed through for logging.
-LOSS_KEYS = ('text', 'dice', 'bce', 'proj', 'cls', 'pointer')
+LOSS_KEYS = ('text', 'dice', 'bce', 'proj', 'cls', 'pointer', 'refine')
 
 
 # ----------------------------------------------------------------------------------------- text

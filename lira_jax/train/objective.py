@@ -8,13 +8,16 @@ off unless their weights are set: loss.pointer_weight (lira_jax/train/seg_pointe
 stage 0, loss.panoptic.query_cls_weight: the class CE again on each layer's queries classified
 alone (no mask pooling, panoptic.query_class_loss). It was meant to put the class (shape as well
 as colour) into the object queries the LLM later reads; it lifts RES cIoU, but the queries alone
-still name the shape of only 34 % of the val objects (README, session 14)."""
+still name the shape of only 34 % of the val objects (README, session 14). A third, present
+only with a mask refiner (lira_jax/models/mask_refine.py, cfg.model.mask_refine): Dice + BCE
+of the refined windows, weighted by loss.refine_weight."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
 from lira_jax.models.lira import LIRA, seg_targets
+from lira_jax.models.mask_refine import crop_windows
 from lira_jax.train import losses, panoptic, seg_pointer
 
 
@@ -43,10 +46,31 @@ def lira_loss(model: LIRA, batch: dict, rng: jax.Array, loss_cfg, *, pixel_feats
                                            valid=out.query_keep)
   else:
     gt = seg_targets(out.plan, batch['gt_masks'])
-    parts.update(losses.mask_losses(rng, out.seg_mask_logits, gt, out.seg_valid, loss_cfg))
+    mask_rng, refine_rng = jax.random.split(rng)
+    parts.update(losses.mask_losses(mask_rng, out.seg_mask_logits, gt, out.seg_valid, loss_cfg))
+    if model.mask_refiner is not None:
+      parts['refine'] = _refine_loss(model, out, gt, batch['pixels'], refine_rng, loss_cfg)
     if loss_cfg.get('pointer_weight', 0.0):
       parts['pointer'], parts['num_pointed'] = seg_pointer.pointer_loss(
           out.seg_queries, out.query_mask_logits, out.query_feat, gt, out.seg_valid,
           weight=loss_cfg.pointer_weight, min_iou=loss_cfg.pointer_min_iou)
     parts['seg_dropped'] = jnp.sum(out.plan.num_seg) - jnp.sum(out.plan.seg_valid)
   return losses.total_loss(parts, loss_cfg)
+
+
+def _refine_loss(model: LIRA, out, gt: jax.Array, pixels: jax.Array, rng: jax.Array, loss_cfg
+                 ) -> jax.Array:
+  """Dice + BCE of the mask refiner inside its windows, on the first loss_cfg.refine_max_masks
+  valid [SEG] slots (the last prediction step, its logits held fixed: the refiner learns a
+  correction, the [SEG] path trains as before). gt f32[B·M, S, S]."""
+  n = out.seg_valid.shape[0]
+  take = min(int(loss_cfg.refine_max_masks), n)
+  # Valid slots first, in slot order; the tail is padding when fewer are valid.
+  _, index = jax.lax.top_k(out.seg_valid.astype(jnp.float32) - jnp.arange(n) / (2.0 * n), take)
+  m = n // pixels.shape[0]
+  logits = jax.lax.stop_gradient(out.seg_mask_logits[-1][index])
+  windows, origins = model.mask_refiner.refine_windows(logits, pixels,
+                                                       (index // m).astype(jnp.int32))
+  gt_windows = crop_windows(gt[index], origins, windows.shape[-1])
+  parts = losses.mask_losses(rng, windows[None], gt_windows, out.seg_valid[index], loss_cfg)
+  return loss_cfg.refine_weight * (parts['dice'] + parts['bce'])
