@@ -55,7 +55,8 @@ def test_correction_stays_inside_the_window_around_the_mask():
   rows, cols = np.nonzero(np.abs(delta - 1.0) < 1e-5)
   assert delta[np.abs(delta - 1.0) >= 1e-5].max() < 1e-5  # zero outside the window
   assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == (12, 12)
-  fg_rows, fg_cols = np.nonzero(np.asarray(resize_bilinear(jnp.asarray(logits), (SIDE, SIDE)))[0] > 0)
+  upsampled = np.asarray(resize_bilinear(jnp.asarray(logits), (SIDE, SIDE)))[0]
+  fg_rows, fg_cols = np.nonzero(upsampled > 0)
   assert rows.min() <= fg_rows.min() and rows.max() >= fg_rows.max()
   assert cols.min() <= fg_cols.min() and cols.max() >= fg_cols.max()
 

@@ -108,4 +108,3 @@ class MaskRefiner(nnx.Module):
 def crop_windows(maps: jax.Array, origins: jax.Array, win: int) -> jax.Array:
   """maps [N, S, S] (any dtype), origins i32[N, 2] -> the win x win windows [N, win, win]."""
   return jax.vmap(lambda m, o: jax.lax.dynamic_slice(m, o, (win, win)))(maps, origins)
-
