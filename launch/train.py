@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import concurrent.futures
+import functools
 import json
 import os
 import time
@@ -27,8 +29,9 @@ from configs.common import stage_config
 from lira_jax import distributed, sharding
 from lira_jax.data import pipeline
 from lira_jax.data.tokenizers import load_tokenizer
-from lira_jax.eval.synthetic import evaluate
-from lira_jax.train.loop import stage_dir, train_stage
+from lira_jax.eval.synthetic import compile_predict, evaluate
+from lira_jax.train.compile_ahead import StageCompilation
+from lira_jax.train.loop import stage_dir, stage_finished, train_stage
 
 DEFAULT_CONFIG = 'configs/tiny_synthetic.py'
 TABLE_KEYS = ('res_ciou', 'res_giou', 'gres_ciou', 'gres_giou', 'gres_nacc', 'gres_tacc')
@@ -83,6 +86,52 @@ def _with_seed_stage(workdir: str, stages: list[int]) -> list[int]:
   return stages
 
 
+class _StageSetup:
+  """A stage's config (with the overrides), tokenizer, mesh and dataset factory."""
+
+  def __init__(self, config: str, stage: int, overrides):
+    self.cfg = apply_overrides(stage_config(config, stage), list(overrides))
+    self.tokenizer = load_tokenizer(self.cfg)
+    self.mesh = sharding.make_mesh(dict(self.cfg.mesh))
+
+  def make_dataset(self, num_batches: int):
+    return pipeline.train_dataset(self.cfg, self.tokenizer, num_batches=num_batches)
+
+
+class _CompileAhead:
+  """Once the first stage to train has started, compiles the programs of the stages after it
+  (and, with do_eval, the evaluation's predict function) on one background thread, one after
+  another: XLA compiles on one core, and training leaves part of the other idle (README "The
+  main job", session 21). Stages already finished are skipped (they are only restored)."""
+
+  def __init__(self, workdir: str, stages: list[int], setups: dict, do_eval: bool):
+    self._workdir, self._stages, self._setups, self._do_eval = workdir, stages, setups, do_eval
+    self._executor = concurrent.futures.ThreadPoolExecutor(1)
+    self._started = False
+    self.stages: dict[int, StageCompilation] = {}
+    self.predict: concurrent.futures.Future | None = None
+
+  def start_hook(self, stage: int):
+    """train_stage's on_start for `stage`: None once compiling ahead has started."""
+    return None if self._started else functools.partial(self._start, stage)
+
+  def _start(self, first: int) -> None:
+    self._started = True
+    for stage in self._stages[self._stages.index(first) + 1:]:
+      s = self._setups[stage]
+      if not stage_finished(s.cfg, stage_dir(self._workdir, stage)):
+        self.stages[stage] = StageCompilation(s.cfg, s.mesh, s.make_dataset, self._executor)
+    final = self.stages.get(self._stages[-1])
+    if self._do_eval and final:
+      s = self._setups[self._stages[-1]]
+      self.predict = self._executor.submit(lambda: compile_predict(
+          s.cfg, final.graphdef, (final.abstract.trainable, final.abstract.frozen),
+          s.tokenizer, s.mesh))
+
+  def close(self, cancel: bool = False) -> None:
+    self._executor.shutdown(cancel_futures=cancel)
+
+
 def run(config: str, workdir: str, stages: list[int], do_eval: bool = True,
         overrides: list[str] = ()) -> str | None:
   """Trains `stages` in order and evaluates the last; returns the metrics.json path, or None
@@ -91,25 +140,32 @@ def run(config: str, workdir: str, stages: list[int], do_eval: bool = True,
   os.makedirs(workdir, exist_ok=True)
   stages = _with_seed_stage(workdir, list(stages))
   result = dict(config=config, train_seconds=0.0, devices=jax.device_count())
-  state = graphdef = cfg = tokenizer = mesh = None
+  setups = {stage: _StageSetup(config, stage, overrides) for stage in stages}
+  last = setups[stages[-1]]
+  do_eval = do_eval and last.cfg.data.get('kind', 'synthetic') == 'synthetic'  # its val split
+  ahead = _CompileAhead(workdir, stages, setups, do_eval)
+  state = graphdef = None
   for stage in stages:
-    cfg = apply_overrides(stage_config(config, stage), list(overrides))
-    tokenizer = load_tokenizer(cfg)
-    mesh = sharding.make_mesh(dict(cfg.mesh))
-    print(f'stage {stage}: {cfg.train.steps} steps of batch {cfg.train.batch_size} on mesh '
-          f'{dict(mesh.shape)}', flush=True)
-    make_dataset = lambda n, c=cfg, t=tokenizer: pipeline.train_dataset(c, t, num_batches=n)
-    graphdef, state, summary = train_stage(cfg, stage_dir(workdir, stage), mesh, make_dataset,
-                                           init_from=state)
+    s = setups[stage]
+    print(f'stage {stage}: {s.cfg.train.steps} steps of batch {s.cfg.train.batch_size} on mesh '
+          f'{dict(s.mesh.shape)}', flush=True)
+    graphdef, state, summary = train_stage(s.cfg, stage_dir(workdir, stage), s.mesh,
+                                           s.make_dataset, init_from=state,
+                                           compiled=ahead.stages.get(stage),
+                                           on_start=ahead.start_hook(stage))
     result['train_seconds'] += summary['train_seconds']
     result[f'stage{stage}'] = summary
     if summary['preempted']:
+      ahead.close(cancel=True)
       return None
-  do_eval = do_eval and cfg.data.get('kind', 'synthetic') == 'synthetic'  # the synthetic val split
+  ahead.close()
   if do_eval:
     t0 = time.monotonic()
-    result.update(evaluate(cfg, graphdef, (state.trainable, state.frozen), tokenizer, mesh,
-                           overlay_dir=os.path.join(workdir, 'overlays')))
+    if ahead.predict:
+      print('  evaluation compiled while training', flush=True)
+    result.update(evaluate(last.cfg, graphdef, (state.trainable, state.frozen), last.tokenizer,
+                           last.mesh, overlay_dir=os.path.join(workdir, 'overlays'),
+                           predict=ahead.predict and ahead.predict.result()))
     result['eval_seconds'] = time.monotonic() - t0
   result['total_seconds'] = time.monotonic() - began
   path = os.path.abspath(os.path.join(workdir, 'metrics.json'))

@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 
 from lira_jax.data import encode, synthetic
 from lira_jax.eval import seg_metrics, teacher_forced
+from lira_jax.train import sharded_step
 from lira_jax.train.loop import log_line, put_batch
 
 GT_COLOUR, PRED_COLOUR = (40, 230, 60), (255, 40, 200)
@@ -60,13 +61,23 @@ def picked_object(pred: np.ndarray, objects) -> int:
   return int(np.argmax(ious)) if max(ious, default=0) > 0 else -1
 
 
+def compile_predict(cfg, graphdef, abstract_states, tokenizer, mesh):
+  """evaluate's predict(states, batch) compiled for cfg's eval batches, from the states' shapes
+  and shardings alone (abstract_states: ShapeDtypeStructs), so that it can compile while the
+  model still trains (launch/train.py)."""
+  fn = teacher_forced.make_predict_fn(graphdef, int(cfg.tokens.seg), int(cfg.tokens.rej))
+  batch, _ = next(_batches(cfg, tokenizer, _samples(cfg, 'referring', 0, 1), cfg.eval.batch_size))
+  return fn.lower(abstract_states, sharded_step.abstract_host_batch(batch, mesh)).compile()
+
+
 def evaluate(cfg, graphdef, states, tokenizer, mesh, *, overlay_dir: str | None = None,
-             log=log_line) -> dict[str, float]:
+             predict=None, log=log_line) -> dict[str, float]:
   """RES cIoU / gIoU and GRES cIoU / gIoU / N-acc / T-acc on cfg.eval.split; writes
-  PNG overlays of up to cfg.eval.num_overlays RES samples (of the first batch) to overlay_dir."""
+  PNG overlays of up to cfg.eval.num_overlays RES samples (of the first batch) to overlay_dir.
+  predict: compile_predict's function, else jitted here."""
   e = cfg.eval
   t = cfg.tokens
-  predict = teacher_forced.make_predict_fn(graphdef, int(t.seg), int(t.rej))
+  predict = predict or teacher_forced.make_predict_fn(graphdef, int(t.seg), int(t.rej))
   acc = teacher_forced.Accumulator()
   by_case, right_ious, res_targets = {}, [], 0
   if overlay_dir:

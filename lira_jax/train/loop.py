@@ -32,6 +32,7 @@ from lira_jax.models.mask_decoder import SEG_COPY_SOURCES
 from lira_jax.train import metrics as metrics_lib
 from lira_jax.train import sharded_step
 from lira_jax.train.checkpoint import Checkpointer
+from lira_jax.train.compile_ahead import StageCompilation
 from lira_jax.train.losses import LOSS_KEYS
 
 log_line = functools.partial(print, flush=True)
@@ -132,13 +133,6 @@ def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def abstract_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
-  """The global arrays put_batch makes of this process's rows, as shapes to compile for."""
-  sharding = sharded_step.batch_sharding(mesh)
-  return {k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(), *v.shape[1:]), v.dtype,
-                                  sharding=sharding) for k, v in batch.items()}
-
-
 def _log_row(m: dict, steps: int, seconds: float, batch: dict) -> dict[str, float]:
   row = {k: float(v) for k, v in m.items()}
   row['step_time'] = seconds / max(steps, 1)
@@ -148,20 +142,49 @@ def _log_row(m: dict, steps: int, seconds: float, batch: dict) -> dict[str, floa
   return row
 
 
-def train_stage(cfg, workdir: str, mesh: Mesh, make_dataset, *, init_from=None, log=log_line
+def stage_finished(cfg, workdir: str) -> bool:
+  """Whether workdir holds the checkpoint of the stage's last step (train_stage only restores)."""
+  ckpt = Checkpointer(workdir, max_to_keep=int(cfg.train.keep_checkpoints))
+  done = _at_final_step(ckpt, cfg)
+  ckpt.close()
+  return done
+
+
+def _at_final_step(ckpt: Checkpointer, cfg) -> bool:
+  return (ckpt.latest_step() or 0) >= int(cfg.train.steps)
+
+
+def train_stage(cfg, workdir: str, mesh: Mesh, make_dataset, *, init_from=None,
+                compiled: StageCompilation | None = None, on_start=None, log=log_line
                 ) -> tuple[object, sharded_step.TrainState, dict]:
   """Runs cfg.train.steps steps of cfg's stage (resuming from workdir's latest checkpoint).
 
   make_dataset(num_batches) -> a grain IterDataset of host batches; init_from: a TrainState of
-  an earlier stage whose matching params seed a fresh start. Returns (graphdef, final state,
-  summary dict with 'train_seconds', 'steps_run', 'skipped')."""
+  an earlier stage whose matching params seed a fresh start; compiled: the stage's programs,
+  compiled ahead (else compiled here while the state is restored or initialised); on_start():
+  called once, just before the first step. Returns (graphdef, final state, summary dict with
+  'train_seconds', 'steps_run', 'skipped')."""
   t = cfg.train
   total = int(t.steps)
-  graphdef, abstract, shardings = sharded_step.abstract_train_state(cfg, mesh, seed=t.seed)
   ckpt = Checkpointer(workdir, max_to_keep=int(t.keep_checkpoints))
 
+  if _at_final_step(ckpt, cfg):  # finished earlier: nothing to compile or train
+    graphdef, abstract, _ = sharded_step.abstract_train_state(cfg, mesh, seed=t.seed)
+    state, _ = ckpt.restore(abstract)
+    ckpt.close()
+    return graphdef, state, dict(train_seconds=0.0, steps_run=0, skipped=int(state.skipped),
+                                 preempted=False)
+
+  began = time.monotonic()  # train_seconds include compiling and initialising the state
+  if compiled:
+    log('  compiled while an earlier stage trained')
+  # XLA compiles on one core: the step and the initialiser compile side by side (the tiny
+  # default's stage 0: 22 s and 14 s, which used to add up).
+  own_pool = None if compiled else concurrent.futures.ThreadPoolExecutor(2)
+  compiled = compiled or StageCompilation(cfg, mesh, make_dataset, own_pool)
+
   def init():
-    _, state, _ = sharded_step.build_train_state(cfg, mesh, seed=t.seed)
+    state = compiled.init()()
     if t.get('init_params'):
       state, fresh = load_converted_params(state, t.init_params)
       log(f'  initialised from {t.init_params}; {len(fresh)} variables kept fresh')
@@ -170,24 +193,13 @@ def train_stage(cfg, workdir: str, mesh: Mesh, make_dataset, *, init_from=None, 
       log(f'  initialised {copied} variables from the previous stage')
     return state
 
-  if (ckpt.latest_step() or 0) >= total:  # finished earlier: nothing to compile or train
-    state, _ = ckpt.restore(abstract)
-    ckpt.close()
-    return graphdef, state, dict(train_seconds=0.0, steps_run=0, skipped=int(state.skipped),
-                                 preempted=False)
-
-  began = time.monotonic()  # train_seconds include compiling and initialising the state
   iterator = iter(make_dataset(total))
   first_position = iterator.get_state()
-  step_fn = sharded_step.make_sharded_train_step(cfg, mesh, graphdef, shardings,
-                                                 total_steps=total, seed=t.seed)
-  lowered = step_fn.lower(abstract, abstract_batch(next(iterator), mesh))
-  # XLA compiles on one core: the step compiles while the state initialises (the tiny
-  # default's stage 0: 22 s and 14 s, which used to add up).
-  with concurrent.futures.ThreadPoolExecutor(1) as pool:
-    compiling = pool.submit(lowered.compile)
-    state, data_state = ckpt.restore_or(abstract, init)
-    step_fn = compiling.result()
+  graphdef = compiled.graphdef
+  state, data_state = ckpt.restore_or(compiled.abstract, init)
+  step_fn = compiled.step()
+  if own_pool:
+    own_pool.shutdown()
   iterator.set_state(data_state or first_position)
   start = int(state.step)
   if start:
@@ -195,6 +207,8 @@ def train_stage(cfg, workdir: str, mesh: Mesh, make_dataset, *, init_from=None, 
   summary = dict(train_seconds=0.0, steps_run=0, skipped=int(state.skipped), preempted=False)
   writer = metrics_lib.MetricsWriter(workdir)
   progress = metrics_lib.Progress(total)
+  if on_start:
+    on_start()
   last = time.monotonic()
   last_step = step = start
   with Preemption().installed() as preemption:

@@ -96,16 +96,30 @@ def build_train_state(cfg, mesh: Mesh, *, seed: int = 0
   """(graphdef, initial TrainState placed by the logical rules, its NamedShardings). The
   parameters are created directly in their shards (the init is jitted with out_shardings)."""
   graphdef, _, shardings = abstract_train_state(cfg, mesh, seed=seed)
+  return graphdef, compile_state_init(cfg, shardings, seed=seed)(), shardings
+
+
+def compile_state_init(cfg, shardings: TrainState, *, seed: int = 0):
+  """build_train_state's initialiser, compiled but not run: calling it creates the state. It
+  holds no arrays, so it can be compiled while another stage trains."""
   init = jax.jit(functools.partial(_initial_state, cfg, seed), out_shardings=shardings)
   # The init runs once: on CPU its compile time is what counts (the tiny default's: 13.5 s at
   # LLVM -O3, 7.7 s at -O0; it then runs in 0.1 s instead of 0.03 s).
   options = {'xla_backend_optimization_level': 0} if jax.default_backend() == 'cpu' else None
-  return graphdef, init.lower().compile(compiler_options=options)(), shardings
+  return init.lower().compile(compiler_options=options)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Every batch leaf is split over (data, fsdp) on its leading (example) axis."""
   return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def abstract_host_batch(batch: dict, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  """The global arrays that loop.put_batch makes of this process's rows (numpy arrays), as
+  shapes to compile for."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(), *v.shape[1:]), v.dtype,
+                                  sharding=sharding) for k, v in batch.items()}
 
 
 def _split_micro(x: jax.Array, accum: int) -> jax.Array:
