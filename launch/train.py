@@ -102,12 +102,18 @@ class _CompileAhead:
   """Once the first stage to train has started, compiles the programs of the stages after it
   (and, with do_eval, the evaluation's predict function) on one background thread, one after
   another: XLA compiles on one core, and training leaves part of the other idle (README "The
-  main job", session 21). Stages already finished are skipped (they are only restored)."""
+  main job", session 21). Stages already finished are skipped (they are only restored). Disabled, it
+  compiles nothing ahead: each stage compiles in place when it starts.
 
-  def __init__(self, workdir: str, stages: list[int], setups: dict, do_eval: bool):
+  On the 2-core CPU machine it measured zero-sum (session 21: the later stages and the evaluation
+  started ~70 s sooner, the first stage's steps ran ~70 s slower while it compiled beside them),
+  so `--compile-ahead auto` leaves it off on the CPU backend and on elsewhere."""
+
+  def __init__(self, workdir: str, stages: list[int], setups: dict, do_eval: bool,
+               enabled: bool = True):
     self._workdir, self._stages, self._setups, self._do_eval = workdir, stages, setups, do_eval
     self._executor = concurrent.futures.ThreadPoolExecutor(1)
-    self._started = False
+    self._started = not enabled
     self.stages: dict[int, StageCompilation] = {}
     self.predict: concurrent.futures.Future | None = None
 
@@ -133,9 +139,13 @@ class _CompileAhead:
 
 
 def run(config: str, workdir: str, stages: list[int], do_eval: bool = True,
-        overrides: list[str] = ()) -> str | None:
+        overrides: list[str] = (), compile_ahead: str = 'auto') -> str | None:
   """Trains `stages` in order and evaluates the last; returns the metrics.json path, or None
-  when a SIGTERM stopped training (checkpointed: the same call resumes)."""
+  when a SIGTERM stopped training (checkpointed: the same call resumes).
+
+  compile_ahead: on | off | auto (on unless the backend is the CPU); see _CompileAhead."""
+  if compile_ahead not in ('on', 'off', 'auto'):
+    raise ValueError(f'compile_ahead must be on, off or auto, not {compile_ahead!r}')
   began = time.monotonic()
   os.makedirs(workdir, exist_ok=True)
   stages = _with_seed_stage(workdir, list(stages))
@@ -143,7 +153,8 @@ def run(config: str, workdir: str, stages: list[int], do_eval: bool = True,
   setups = {stage: _StageSetup(config, stage, overrides) for stage in stages}
   last = setups[stages[-1]]
   do_eval = do_eval and last.cfg.data.get('kind', 'synthetic') == 'synthetic'  # its val split
-  ahead = _CompileAhead(workdir, stages, setups, do_eval)
+  ahead = _CompileAhead(workdir, stages, setups, do_eval, enabled=compile_ahead == 'on' or (
+      compile_ahead == 'auto' and jax.default_backend() != 'cpu'))
   state = graphdef = None
   for stage in stages:
     s = setups[stage]
@@ -186,6 +197,9 @@ def main(argv=None) -> None:
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                       help='config override, e.g. data.root=/data/lira (repeatable)')
   parser.add_argument('--no-eval', action='store_true')
+  parser.add_argument('--compile-ahead', choices=('auto', 'on', 'off'), default='auto',
+                      help='compile later stages and the evaluation while the first stage trains '
+                      '(auto: on unless the backend is the CPU, where 2 cores measured no gain)')
   parser.add_argument('--coordinator', help='HOST:PORT of process 0 (multi-host without SLURM '
                       'or a TPU pod environment; see lira_jax/distributed.py)')
   parser.add_argument('--num-processes', type=int)
@@ -196,7 +210,7 @@ def main(argv=None) -> None:
     print(f'process {jax.process_index()} of {jax.process_count()} ({how}); '
           f'{jax.device_count()} devices in all', flush=True)
   path = run(args.config, args.workdir, [int(s) for s in args.stages.split(',')],
-             do_eval=not args.no_eval, overrides=args.set)
+             do_eval=not args.no_eval, overrides=args.set, compile_ahead=args.compile_ahead)
   print(path or f'preempted; resume with the same command (workdir {args.workdir})')
 
 

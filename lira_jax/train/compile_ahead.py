@@ -4,7 +4,9 @@ compiles the later stages while the first one trains.
 
 Why: XLA compiles on one core, and on the 2-core CPU machine the tiny default's later stages
 spent ~20 s (stage 1) and ~30 s (stage 2) compiling and initialising before their first step
-(README "The main job", session 21), while training leaves part of the second core idle.
+(README "The main job", session 21). Compiled beside the first stage's training there, that
+time came back as slower first-stage steps (zero-sum on 2 cores), so launch/train.py turns this
+on by default only off the CPU backend (--compile-ahead).
 """
 from __future__ import annotations
 
