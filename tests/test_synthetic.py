@@ -1,6 +1,7 @@
 """The synthetic referring world: determinism, split disjointness, expressions checked by an
 independent text parser against the object attributes, occlusion, tokenizer round trip, batch
 elements (shapes, label masking) and a tiny LIRA forward on a collated batch."""
+import collections
 import hashlib
 import re
 
@@ -39,7 +40,7 @@ def _resolve(scene, text):
     return noun(m.group(1))
   if m := re.fullmatch(r'the (largest|smallest) (.+)', text):
     cands = sorted(noun(m.group(2)), key=lambda i: objs[i].mask.sum())
-    return [cands[-1] if m.group(1) == 'largest' else cands[0]]
+    return cands[-1:] if m.group(1) == 'largest' else cands[:1]
   if m := re.fullmatch(r'the (.+?) (left of|right of|above|below) the (.+)', text):
     (anchor,) = noun(m.group(3))
     ay, ax = centre(anchor)
@@ -111,6 +112,30 @@ def test_multi_and_absent_expressions():
       assert _resolve(scene, text) == objs and len(objs) >= 2
     for text in sy.absent_expressions(scene):
       assert _resolve(scene, text) == []
+
+
+def _wording(text):
+  """The wording of an expression with its colour and shape words replaced by placeholders."""
+  words = [('C' if w in sy.COLOURS else 'S' if w.rstrip('s') in sy.SHAPES else w)
+           for w in text.split()]
+  return ' '.join(words)
+
+
+def test_gres_wording_does_not_tell_absent_from_present():
+  """A rule that reads only the wording (the form with colours and shapes blanked out) must not
+  separate no-target expressions from the others: their wording distributions are close (total
+  variation < 0.15). Up to session 21 every no-target was `the C S` (variation 0.88)."""
+  present, absent = collections.Counter(), collections.Counter()
+  for i in range(300):
+    s = sy.make_sample('val', i, task='gres', size=128, absent_rate=0.75)
+    for text, target in zip(s.expressions, s.targets):
+      (present if target else absent)[_wording(text)] += 1
+  assert sum(absent.values()) > 100
+  forms = set(present) | set(absent)
+  tv = 0.5 * sum(abs(present[f] / sum(present.values()) - absent[f] / sum(absent.values()))
+                 for f in forms)
+  assert tv < 0.15, (tv, present.most_common(6), absent.most_common(6))
+  assert {f for f in absent if f.startswith('all')} and {f for f in absent if ' of the ' in f}
 
 
 def test_sample_targets_match_answers(samples):

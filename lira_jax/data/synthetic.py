@@ -12,7 +12,10 @@ pair is borderline:
   relational   `the red circle left of the blue square` (also right of, above, below)
   superlative  `the largest triangle`, `the smallest red shape`
   multi-target `all red shapes`, `all circles`, `all red circles` (mask = union)
-  no-target    `the green star` when there is none (an all-zero mask, answered with [REJ])
+  no-target    any of the forms above that denotes nothing (`the green star` when there is
+               none, `the largest star`, `all stars`, `the red circle left of the blue square`
+               when none is): an all-zero mask, answered with [REJ]; a gres no-target takes
+               the form of a present expression drawn as the present ones are
 Tasks: 'referring' (one expression per turn, LIRA's ILVC answer), 'gres' (GSVA answer over 1..max_targets
 expressions, at least one present), 'gcg' (grounded caption of up to max_targets objects left to
 right), 'attr' (yes/no: is there a <colour> <shape>?) and 'vqa' (colour/shape/count). Plain
@@ -227,8 +230,35 @@ def multi_target_expressions(scene: Scene) -> list[tuple[str, list[int]]]:
           if (c or s) and len(m := _matches(scene, c, s)) >= 2]
 
 
+def expression_form(text: str) -> tuple[str, str]:
+  """(kind, named): kind is 'all' for `all <noun>`, else expression_kind's; named is which of
+  colour 'c' and shape 's' the target's noun gives ('c', 's' or 'cs')."""
+  words = text.split()
+  kind = 'all' if words[0] == 'all' else expression_kind(text)
+  noun = words[1:3] if kind == 'relational' else words[-2:]
+  singular = [w[:-1] if w.endswith('s') else w for w in noun]
+  return kind, ('c' if set(noun) & set(COLOURS) else '') + ('s' if set(singular) & set(SHAPES)
+                                                           else '')
+
+
 def absent_expressions(scene: Scene) -> list[str]:
-  return [f'the {_noun(c, s)}' for c in COLOURS for s in SHAPES if not _matches(scene, c, s)]
+  """Every expression of the forms that denote objects (attribute, superlative, `all`,
+  relational) that denotes none here: its noun matches no object, or (relational) no object of
+  it lies clearly on that side of a unique anchor."""
+  nouns = [(c, s) for c in (None, *COLOURS) for s in (None, *SHAPES) if c or s]
+  out = []
+  for c, s in nouns:
+    if not _matches(scene, c, s):
+      out += [f'the {_noun(c, s)}', f'the largest {_noun(c, s)}',
+              f'the smallest {_noun(c, s)}', f'all {_noun(c, s, plural=True)}']
+  full = {(c, s): _matches(scene, c, s) for c, s in nouns if c and s}
+  for ((c, s), cands), ((c2, s2), anchors) in itertools.product(full.items(), full.items()):
+    if len(anchors) != 1 or anchors[0] in cands:
+      continue
+    for rel in RELATIONS:
+      if all(relation(scene, i, anchors[0], rel) is False for i in cands):
+        out.append(f'the {_noun(c, s)} {rel} the {_noun(c2, s2)}')
+  return out
 
 
 def side_object(scene: Scene, side: str) -> int | None:
@@ -299,10 +329,19 @@ def _referring(scene, rng, opts):
 def _gres(scene, rng, opts):
   singles = [(t, [i]) for pool in referring_expressions(scene).values() for t, i in pool]
   present = singles + multi_target_expressions(scene)
+  absent = {}
+  for text in absent_expressions(scene):
+    absent.setdefault(expression_form(text), []).append(text)
+
+  def absent_like(text):
+    """An absent expression of the form of `text`, so that the wording alone (the leak fixed in
+    session 22: all absent ones were `the <colour> <shape>`) does not tell absent from present."""
+    return _pick(rng, absent.get(expression_form(text)) or sum(absent.values(), []))
+
   n = int(rng.integers(1, opts.max_targets + 1))
   first = _pick(rng, present)
   rest = [_pick(rng, present) if rng.random() < 1 - opts.absent_rate else
-          (_pick(rng, absent_expressions(scene)), []) for _ in range(n - 1)]
+          (absent_like(_pick(rng, present)[0]), []) for _ in range(n - 1)]
   chosen = [first, *rest]
   rng.shuffle(chosen)
   texts = tuple(t for t, _ in chosen)
