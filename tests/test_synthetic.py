@@ -203,8 +203,10 @@ def test_encode_sample(samples, ilvc):
     e = sy.encode_sample(s, TOK, CFG, ilvc=ilvc)
     shapes = dict(pixels=(s_omg, s_omg, 3), tiles=(3, s_tile, s_tile, 3), tile_valid=(3,),
                   regions=(2, s_tile, s_tile, 3), region_valid=(2,), ids=(256,), labels=(256,),
-                  text_valid=(256,), gt_masks=(4, s_omg, s_omg))
+                  text_valid=(256,), gt_masks=(4, s_omg, s_omg), gt_noun=(4, 2))
     assert {k: v.shape for k, v in e.items()} == shapes
+    k = len(s.targets)
+    assert (e['gt_noun'][:k] >= 0).all() and (e['gt_noun'][k:] == -1).all()
     assert e['ids'].dtype == e['labels'].dtype == np.int32 and e['pixels'].dtype == np.float32
     n = int(e['text_valid'].sum())
     ids, labels = e['ids'][:n], e['labels'][:n]

@@ -230,15 +230,19 @@ def multi_target_expressions(scene: Scene) -> list[tuple[str, list[int]]]:
           if (c or s) and len(m := _matches(scene, c, s)) >= 2]
 
 
+def _noun_words(text: str, kind: str) -> list[str]:
+  """The words of the target's noun, singular (`red circle`, `circle`, `red shape`)."""
+  words = text.split()
+  noun = words[1:3] if kind == 'relational' else words[-2:]
+  return [w[:-1] if w.endswith('s') and w[:-1] in (*SHAPES, 'shape') else w for w in noun]
+
+
 def expression_form(text: str) -> tuple[str, str]:
   """(kind, named): kind is 'all' for `all <noun>`, else expression_kind's; named is which of
   colour 'c' and shape 's' the target's noun gives ('c', 's' or 'cs')."""
-  words = text.split()
-  kind = 'all' if words[0] == 'all' else expression_kind(text)
-  noun = words[1:3] if kind == 'relational' else words[-2:]
-  singular = [w[:-1] if w.endswith('s') else w for w in noun]
-  return kind, ('c' if set(noun) & set(COLOURS) else '') + ('s' if set(singular) & set(SHAPES)
-                                                           else '')
+  kind = 'all' if text.startswith('all ') else expression_kind(text)
+  noun = set(_noun_words(text, kind))
+  return kind, ('c' if noun & set(COLOURS) else '') + ('s' if noun & set(SHAPES) else '')
 
 
 def absent_expressions(scene: Scene) -> list[str]:
@@ -478,7 +482,22 @@ def vocabulary_texts() -> list[str]:
 # ---------------------------------------------------------------- LIRA batch elements
 
 
+def noun_ids(texts, k: int) -> np.ndarray:
+  """i32[k, 2]: (colour, shape) index of the noun each target text names (a referring or gres
+  expression, a gcg phrase); len(COLOURS) / len(SHAPES) where it leaves that attribute open, -1
+  past the texts."""
+  out = np.full((k, 2), -1, np.int32)
+  colours = list(COLOURS)
+  for j, text in enumerate(texts[:k]):
+    noun = _noun_words(text, expression_kind(text))
+    out[j] = (next((colours.index(w) for w in noun if w in COLOURS), len(COLOURS)),
+              next((SHAPES.index(w) for w in noun if w in SHAPES), len(SHAPES)))
+  return out
+
+
 def encode_sample(sample: Sample, tokenizer, cfg, *, ilvc: bool) -> dict[str, np.ndarray]:
-  """One LIRA batch element of a synthetic sample (lira_jax.data.encode.encode_example)."""
-  return encode.encode_example(Image.fromarray(sample.scene.image), sample.turns, sample.masks,
-                               tokenizer, cfg, ilvc=ilvc, system_message=SYSTEM_MESSAGE)
+  """One LIRA batch element of a synthetic sample (lira_jax.data.encode.encode_example), plus
+  gt_noun (noun_ids of its targets)."""
+  out = encode.encode_example(Image.fromarray(sample.scene.image), sample.turns, sample.masks,
+                              tokenizer, cfg, ilvc=ilvc, system_message=SYSTEM_MESSAGE)
+  return dict(out, gt_noun=noun_ids(sample.expressions, cfg.seq.max_seg))

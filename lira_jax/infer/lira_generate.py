@@ -117,6 +117,9 @@ def generate(model: LIRA, batch: dict, key: jax.Array, opts: GenerateOptions) ->
     return model.encode_tiles(ilvc.normalize_tile(pixels)[:, None])
 
   def hook(slots: SegSlots, fed, logits, hidden, active, cache):
+    # The presence head's [REJ]/[SEG] offset, as in the forward pass (the prefill's logits, for
+    # the answer's first token, go without it: no answer starts with [SEG] or [REJ]).
+    logits = model.decision_logits(logits[:, None], hidden[:, None], omg)[:, 0]
     is_slot = active & ((fed == seg_id) | (fed == rej_id))
     # A scatter into row (b, slot) only; samples that feed no slot token (and slots past M)
     # point out of range and are dropped, so a step never rewrites the whole [B, M, V] buffer.

@@ -17,6 +17,7 @@ from lira_jax.models.intern_vit import SemanticEncoder
 from lira_jax.models.llm import LLM
 from lira_jax.models.mask_refine import MaskRefiner
 from lira_jax.models.omg_seg import OMGSeg
+from lira_jax.models.rej_presence import RejPresence
 from lira_jax.models.sefe import SEFE, VisualTokens
 from lira_jax.models.seg_projector import TextToVision
 
@@ -58,6 +59,8 @@ class LIRA(nnx.Module):
     self.omg = OMGSeg(m.omg, with_backbone=with_backbone, rngs=rngs)
     self.projector = SEFE(m.sefe, h, **mods)
     self.text2vision = TextToVision(h, m.text2vision.out_dim, **mods)
+    self.rej_presence = (RejPresence(h, tuple(m.omg.head.class_factors), **mods)
+                         if m.get('rej_presence') else None)
     refine = m.get('mask_refine')
     self.mask_refiner = MaskRefiner(refine, rngs=rngs) if refine else None
     self.stage = int(cfg.stage)
@@ -137,6 +140,18 @@ class LIRA(nnx.Module):
       return mask_logits
     return self.mask_refiner(mask_logits, pixels, image_index)
 
+  def decision_logits(self, logits: jax.Array, hidden: jax.Array, omg) -> jax.Array:
+    """LM logits f32[B, L, V] with the presence head's [REJ]-vs-[SEG] offset (unchanged without
+    one); hidden f32[B, L, H] the final-normed states that produced them."""
+    if self.rej_presence is None:
+      return logits
+    offset = self.rej_presence(hidden, jax.lax.stop_gradient(omg.decoder.class_logits[-1]))
+    # Split between [REJ] (+) and [SEG] (-): where neither is the next token both are unlikely
+    # and the offset gets no gradient, so only the [SEG]/[REJ] decisions train it.
+    half = 0.5 * offset.astype(logits.dtype)
+    logits = logits.at[..., int(self.tokens['rej'])].add(half)
+    return logits.at[..., int(self.tokens['seg'])].add(-half)
+
   def __call__(self, batch: dict, *, pixel_feats=None) -> LiraOutputs:
     """batch: the image side of `encode_images`, regions f32[B, R, s, s, 3], region_valid
     bool[B, R], ids / labels i32[B, Lt] (with sequence.IMAGE_TOKEN_INDEX sentinels),
@@ -151,7 +166,8 @@ class LIRA(nnx.Module):
     # [SEG] hidden states (final-normed, where the input token is [SEG]) -> OMG-Seg queries.
     hidden = jnp.take_along_axis(out['last_hidden'], plan.seg_index[..., None], axis=1)
     seg_valid = plan.seg_valid & ~plan.seg_is_rej
-    return LiraOutputs(logits=out['logits'], plan=plan,
+    return LiraOutputs(logits=self.decision_logits(out['logits'], out['last_hidden'], omg),
+                       plan=plan,
                        seg_mask_logits=self.decode_seg(hidden, seg_valid, omg),
                        seg_valid=seg_valid.reshape(-1), hidden=out['last_hidden'],
                        query_feat=omg.prior.query_pos_feat,

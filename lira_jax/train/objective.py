@@ -16,6 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from lira_jax.models import rej_presence
 from lira_jax.models.lira import LIRA, seg_targets
 from lira_jax.models.mask_refine import crop_windows
 from lira_jax.train import losses, panoptic, seg_pointer
@@ -54,6 +55,13 @@ def lira_loss(model: LIRA, batch: dict, rng: jax.Array, loss_cfg, *, pixel_feats
       parts['pointer'], parts['num_pointed'] = seg_pointer.pointer_loss(
           out.seg_queries, out.query_mask_logits, out.query_feat, gt, out.seg_valid,
           weight=loss_cfg.pointer_weight, min_iou=loss_cfg.pointer_min_iou)
+    if model.rej_presence is not None:
+      if 'gt_noun' not in batch:
+        raise KeyError('model.rej_presence is trained on gt_noun (synthetic.noun_ids), which '
+                       'this dataset does not give')
+      parts['noun'] = loss_cfg.get('noun_weight', 1.0) * rej_presence.noun_loss(
+          model.rej_presence, out.hidden, out.plan.seg_index, out.plan.seg_valid,
+          out.plan.seg_target, batch['gt_noun'])
     parts['seg_dropped'] = jnp.sum(out.plan.num_seg) - jnp.sum(out.plan.seg_valid)
   return losses.total_loss(parts, loss_cfg)
 
