@@ -1,8 +1,8 @@
 """The embedded default: a tiny LIRA trained from scratch on the synthetic referring world
 (lira_jax/data/synthetic.py), stage 0, 1 and 2, then evaluated on the val split. What
 `python -m launch.train` runs with no flags; aimed at 15 minutes on 2 CPU cores, it took 14 min 50 s
-(session 19, alone), 16 min 04 s from a fresh clone on session 20's slower machine and 14 min 45 s
-from a fresh clone in session 22 (README "The main job").
+(session 19, alone), 16 min 04 s from a fresh clone on session 20's slower machine and 14 min 09 s
+from a fresh clone in session 22, with the [REJ] presence head (README "The main job").
 
 Arg: comma list of
   stage0 | stage1 | stage2  which stage's settings (default stage2; launch/train.py runs them in
