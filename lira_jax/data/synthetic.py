@@ -333,14 +333,15 @@ def _referring(scene, rng, opts):
 def _gres(scene, rng, opts):
   singles = [(t, [i]) for pool in referring_expressions(scene).values() for t, i in pool]
   present = singles + multi_target_expressions(scene)
+  every_absent = absent_expressions(scene)
   absent = {}
-  for text in absent_expressions(scene):
+  for text in every_absent:
     absent.setdefault(expression_form(text), []).append(text)
 
   def absent_like(text):
     """An absent expression of the form of `text`, so that the wording alone (the leak fixed in
     session 22: all absent ones were `the <colour> <shape>`) does not tell absent from present."""
-    return _pick(rng, absent.get(expression_form(text)) or sum(absent.values(), []))
+    return _pick(rng, absent.get(expression_form(text)) or every_absent)
 
   n = int(rng.integers(1, opts.max_targets + 1))
   first = _pick(rng, present)
