@@ -4,8 +4,8 @@ targets), plus PNG overlays of a few RES predictions. RES cIoU is also broken do
 kind (res_ciou_attribute / _relational / _superlative) and by whether the target shares its
 colour with another object (res_ciou_shared_colour / _unique_colour): where the model fails.
 res_right_object separates choosing from drawing: the fraction of RES targets whose predicted mask
-overlaps the target best among the scene's objects (by IoU), and res_iou_if_right the mean IoU of
-those.
+overlaps the target best among the scene's objects (by IoU; also by kind,
+res_right_object_<kind>), and res_iou_if_right the mean IoU of those.
 
 RES uses samples 0..num_res-1 of the split, GRES samples num_res..num_res+num_gres-1.
 """
@@ -80,6 +80,7 @@ def evaluate(cfg, graphdef, states, tokenizer, mesh, *, overlay_dir: str | None 
   predict = predict or teacher_forced.make_predict_fn(graphdef, int(t.seg), int(t.rej))
   acc = teacher_forced.Accumulator()
   by_case, right_ious, res_targets = {}, [], 0
+  right_by_kind = {}  # kind -> [right, targets]
   if overlay_dir:
     os.makedirs(overlay_dir, exist_ok=True)
   for task, start, count in (('referring', 0, e.num_res), ('gres', e.num_res, e.num_gres)):
@@ -97,10 +98,14 @@ def evaluate(cfg, graphdef, states, tokenizer, mesh, *, overlay_dir: str | None 
             continue
           (target,) = s.targets[0]
           res_targets += 1
-          if picked_object(out['masks'][j, 0], s.scene.objects) == target:
+          kind = synthetic.expression_kind(s.expressions[0])
+          right = picked_object(out['masks'][j, 0], s.scene.objects) == target
+          if right:
             right_ious.append(out['inter'][j, 0] / max(out['union'][j, 0], 1.0))
+          tally = right_by_kind.setdefault(kind, [0, 0])
+          tally[0], tally[1] = tally[0] + right, tally[1] + 1
           colour = 'shared' if synthetic.shares_colour(s.scene, target) else 'unique'
-          for case in (synthetic.expression_kind(s.expressions[0]), f'{colour}_colour'):
+          for case in (kind, f'{colour}_colour'):
             by_case.setdefault(case, seg_metrics.ResMeter()).add(out['inter'][j, :1],
                                                                  out['union'][j, :1])
       else:
@@ -116,5 +121,7 @@ def evaluate(cfg, graphdef, states, tokenizer, mesh, *, overlay_dir: str | None 
   result.update({f'res_ciou_{case}': m.metrics()['ciou'] for case, m in sorted(by_case.items())})
   result.update(res_right_object=len(right_ious) / max(res_targets, 1),
                 res_iou_if_right=float(np.mean(right_ious)) if right_ious else 0.0)
+  result.update({f'res_right_object_{kind}': right / n
+                 for kind, (right, n) in sorted(right_by_kind.items())})
   log('  evaluated ' + ', '.join(f'{k} {v:.4g}' for k, v in result.items()))
   return result

@@ -19,6 +19,7 @@ from lira_jax.models.mask_refine import MaskRefiner
 from lira_jax.models.omg_seg import OMGSeg
 from lira_jax.models.rej_presence import RejPresence
 from lira_jax.models.sefe import SEFE, VisualTokens
+from lira_jax.models.seg_select import SegSelect, query_features
 from lira_jax.models.seg_projector import TextToVision
 
 
@@ -29,8 +30,10 @@ class LiraOutputs:
   padding or [REJ]); seg_valid bool[B·M] (slots that were decoded to a mask); hidden
   f32[B, L, H] final-normed LLM states; query_feat f32[B, Q, 2C] the OMG query vectors g and
   query_keep bool[B, Q] the queries that do not own every prior cell (stage-1 projection loss);
-  seg_queries f32[B·M, 2C] what the [SEG] slots decode from; query_mask_logits f32[B, Q, h, w]
-  the panoptic pass's final masks (stride 4). Under jit, fields a caller drops cost nothing."""
+  seg_queries f32[B·M, 2C] the [SEG] states' own projection (text2vision); query_mask_logits
+  f32[B, Q, h, w] the panoptic pass's final masks (stride 4); seg_select_scores f32[B·M, Q] and
+  seg_gate f32[B·M] (logits) when the model has a [SEG] selector
+  (lira_jax/models/seg_select.py), else None. Under jit, fields a caller drops cost nothing."""
   logits: jax.Array
   plan: sequence.SequencePlan
   seg_mask_logits: jax.Array
@@ -40,6 +43,8 @@ class LiraOutputs:
   query_keep: jax.Array
   seg_queries: jax.Array
   query_mask_logits: jax.Array
+  seg_select_scores: jax.Array | None = None
+  seg_gate: jax.Array | None = None
 
 
 class LIRA(nnx.Module):
@@ -61,6 +66,8 @@ class LIRA(nnx.Module):
     self.text2vision = TextToVision(h, m.text2vision.out_dim, **mods)
     self.rej_presence = (RejPresence(h, tuple(m.omg.head.class_factors), **mods)
                          if m.get('rej_presence') else None)
+    self.seg_select = (SegSelect(h, m.text2vision.out_dim, tuple(m.omg.head.class_factors),
+                                 **mods) if m.get('seg_select') else None)
     refine = m.get('mask_refine')
     self.mask_refiner = MaskRefiner(refine, rngs=rngs) if refine else None
     self.stage = int(cfg.stage)
@@ -116,19 +123,34 @@ class LIRA(nnx.Module):
     plan, embeds = self.embed_sequence(batch, visual, no_regions, jnp.zeros((b, 0), bool))
     return self.llm(embeds, plan.valid), plan
 
-  def seg_queries(self, hidden: jax.Array) -> jax.Array:
-    """[SEG] hidden states f32[B, M, H] (final-normed) -> OMG-Seg queries f32[B·M, 2C]."""
+  def seg_queries(self, hidden: jax.Array, omg) -> tuple[jax.Array, jax.Array, tuple | None]:
+    """[SEG] hidden states f32[B, M, H] (final-normed) -> (the OMG-Seg queries to decode
+    f32[B·M, 2C], the states' own projection f32[B·M, 2C], (selector scores f32[B·M, Q], gate
+    logits f32[B·M]) or None). Without a selector the first two are the same."""
     b, m = hidden.shape[:2]
-    return self.text2vision(hidden).reshape(b * m, -1).astype(jnp.float32)
+    flat = hidden.reshape(b * m, -1)
+    own = self.text2vision(flat).astype(jnp.float32)
+    if self.seg_select is None:
+      return own, own, None
+    image_index = jnp.repeat(jnp.arange(b, dtype=jnp.int32), m)
+    class_logits = omg.decoder.class_logits[-1]
+    phi = query_features(class_logits, omg.decoder.mask_logits[-1], omg.prior.valid)
+    queries, scores, gate = self.seg_select(flat, own, image_index, omg.prior.query_pos_feat,
+                                            class_logits, phi)
+    return queries, own, (scores, gate)
+
+  def decode_queries(self, queries: jax.Array, valid: jax.Array, omg) -> jax.Array:
+    """OMG-Seg queries f32[B·M, 2C], valid bool[B, M] -> mask logits f32[P, B·M, h, w]
+    (P prediction steps; zeros where not valid)."""
+    b, m = valid.shape
+    image_index = jnp.repeat(jnp.arange(b, dtype=jnp.int32), m)
+    return self.omg.forward_seg(queries, image_index, valid.reshape(-1), omg.mask_features,
+                                omg.memories).mask_logits
 
   def decode_seg(self, hidden: jax.Array, valid: jax.Array, omg) -> jax.Array:
     """[SEG] hidden states f32[B, M, H] (final-normed), valid bool[B, M] -> mask logits
     f32[P, B·M, h, w] (P prediction steps; zeros where not valid)."""
-    b, m = valid.shape
-    queries = self.seg_queries(hidden)
-    image_index = jnp.repeat(jnp.arange(b, dtype=jnp.int32), m)
-    return self.omg.forward_seg(queries, image_index, valid.reshape(-1), omg.mask_features,
-                                omg.memories).mask_logits
+    return self.decode_queries(self.seg_queries(hidden, omg)[0], valid, omg)
 
   def refine_seg_logits(self, mask_logits: jax.Array, pixels: jax.Array,
                         image_index: jax.Array) -> jax.Array:
@@ -166,14 +188,16 @@ class LIRA(nnx.Module):
     # [SEG] hidden states (final-normed, where the input token is [SEG]) -> OMG-Seg queries.
     hidden = jnp.take_along_axis(out['last_hidden'], plan.seg_index[..., None], axis=1)
     seg_valid = plan.seg_valid & ~plan.seg_is_rej
+    queries, own, select = self.seg_queries(hidden, omg)
+    scores, gate = select if select is not None else (None, None)
     return LiraOutputs(logits=self.decision_logits(out['logits'], out['last_hidden'], omg),
                        plan=plan,
-                       seg_mask_logits=self.decode_seg(hidden, seg_valid, omg),
+                       seg_mask_logits=self.decode_queries(queries, seg_valid, omg),
                        seg_valid=seg_valid.reshape(-1), hidden=out['last_hidden'],
                        query_feat=omg.prior.query_pos_feat,
                        query_keep=omg.prior.attention_mask.sum(-1) > 0,
-                       seg_queries=self.seg_queries(hidden),
-                       query_mask_logits=omg.decoder.mask_logits[-1])
+                       seg_queries=own, query_mask_logits=omg.decoder.mask_logits[-1],
+                       seg_select_scores=scores, seg_gate=gate)
 
   def reproject_queries(self, query_feat: jax.Array) -> jax.Array:
     """Stage-1 projection path g -> query_proj -> model -> text2vision: f32[..., 2C] -> [..., 2C]

@@ -48,24 +48,34 @@ class RejPresence(nnx.Module):
 
   def __call__(self, hidden: jax.Array, class_logits: jax.Array) -> jax.Array:
     """hidden f32[B, L, H], class_logits f32[B, Q, C·S+1] (background last) -> offset f32[B, L]."""
-    colours, shapes = self.class_factors
     pc, ps = (jax.nn.softmax(x.astype(jnp.float32), axis=-1) for x in self.noun_logits(hidden))
-    wc, ws = pc[..., :-1] + pc[..., -1:], ps[..., :-1] + ps[..., -1:]
-    probs = jax.nn.softmax(class_logits.astype(jnp.float32), axis=-1)
-    things = probs[..., :-1] / jnp.maximum(1.0 - probs[..., -1:], _EPS)
-    things = things.reshape(*things.shape[:2], colours, shapes)
-    fit = jnp.einsum('blc,bls,bqcs->blq', wc, ws, things)
+    fit = noun_fit(pc, ps, class_logits, self.class_factors)
     confident = class_logits[..., :-1].max(-1) > class_logits[..., -1]
     best = jnp.clip(jnp.max(jnp.where(confident[:, None, :], fit, 0.0), axis=-1), _EPS, 1 - _EPS)
     return self.alpha[...] * (jnp.log1p(-best) - jnp.log(best)) + self.beta[...]
 
 
-def noun_loss(head: RejPresence, hidden: jax.Array, seg_index: jax.Array, seg_valid: jax.Array,
-              seg_target: jax.Array, gt_noun: jax.Array) -> jax.Array:
-  """Cross-entropy of the noun heads at the position before each [SEG]/[REJ] slot (where the
-  decision is made). hidden f32[B, L, H]; seg_index / seg_target i32[B, M], seg_valid bool[B, M];
+def noun_fit(colour_probs: jax.Array, shape_probs: jax.Array, class_logits: jax.Array,
+             class_factors: tuple[int, int]) -> jax.Array:
+  """How well each query's class fits a noun: colour_probs f32[B, L, C+1], shape_probs
+  f32[B, L, S+1] ('any' last), class_logits f32[B, Q, C·S+1] (background last; classes are
+  colour x shape, row-major) -> fit f32[B, L, Q] in [0, 1]."""
+  colours, shapes = class_factors
+  wc = colour_probs[..., :-1] + colour_probs[..., -1:]
+  ws = shape_probs[..., :-1] + shape_probs[..., -1:]
+  probs = jax.nn.softmax(class_logits.astype(jnp.float32), axis=-1)
+  things = probs[..., :-1] / jnp.maximum(1.0 - probs[..., -1:], _EPS)
+  things = things.reshape(*things.shape[:2], colours, shapes)
+  return jnp.einsum('blc,bls,bqcs->blq', wc, ws, things)
+
+
+def noun_loss(head, hidden: jax.Array, seg_index: jax.Array, seg_valid: jax.Array,
+              seg_target: jax.Array, gt_noun: jax.Array, *, before: int = 1) -> jax.Array:
+  """Cross-entropy of a head's `noun_logits` (RejPresence's, SegSelect's) at `before` positions
+  before each [SEG]/[REJ] slot (1: where the decision is made; 0: the slot itself).
+  hidden f32[B, L, H]; seg_index / seg_target i32[B, M], seg_valid bool[B, M];
   gt_noun i32[B, K, 2] (colour, shape; the factor count for 'any'; -1: no noun)."""
-  pos = jnp.maximum(seg_index - 1, 0)
+  pos = jnp.maximum(seg_index - before, 0)
   states = jnp.take_along_axis(hidden, pos[..., None], axis=1)
   noun = jnp.take_along_axis(gt_noun, jnp.clip(seg_target, 0, gt_noun.shape[1] - 1)[..., None],
                              axis=1)

@@ -10,13 +10,15 @@ alone (no mask pooling, panoptic.query_class_loss). It was meant to put the clas
 as colour) into the object queries the LLM later reads; it lifts RES cIoU, but the queries alone
 still name the shape of only 34 % of the val objects (README, session 14). A third, present
 only with a mask refiner (lira_jax/models/mask_refine.py, cfg.model.mask_refine): Dice + BCE
-of the refined windows, weighted by loss.refine_weight."""
+of the refined windows, weighted by loss.refine_weight. With a [SEG] selector
+(lira_jax/models/seg_select.py, cfg.model.seg_select): its choice, gate and noun terms,
+weighted by loss.select_weight."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from lira_jax.models import rej_presence
+from lira_jax.models import rej_presence, seg_select
 from lira_jax.models.lira import LIRA, seg_targets
 from lira_jax.models.mask_refine import crop_windows
 from lira_jax.train import losses, panoptic, seg_pointer
@@ -55,6 +57,8 @@ def lira_loss(model: LIRA, batch: dict, rng: jax.Array, loss_cfg, *, pixel_feats
       parts['pointer'], parts['num_pointed'] = seg_pointer.pointer_loss(
           out.seg_queries, out.query_mask_logits, out.query_feat, gt, out.seg_valid,
           weight=loss_cfg.pointer_weight, min_iou=loss_cfg.pointer_min_iou)
+    if model.seg_select is not None:
+      parts['select'] = _select_loss(model, out, gt, batch, loss_cfg)
     if model.rej_presence is not None:
       if 'gt_noun' not in batch:
         raise KeyError('model.rej_presence is trained on gt_noun (synthetic.noun_ids), which '
@@ -64,6 +68,23 @@ def lira_loss(model: LIRA, batch: dict, rng: jax.Array, loss_cfg, *, pixel_feats
           out.plan.seg_target, batch['gt_noun'])
     parts['seg_dropped'] = jnp.sum(out.plan.num_seg) - jnp.sum(out.plan.seg_valid)
   return losses.total_loss(parts, loss_cfg)
+
+
+def _select_loss(model: LIRA, out, gt: jax.Array, batch: dict, loss_cfg) -> jax.Array:
+  """The [SEG] selector's terms (lira_jax/models/seg_select.py), weighted by
+  loss.select_weight: its choice against the pointer target, its gate, and its noun heads at
+  the [SEG] slots. gt f32[B·M, S, S]."""
+  if 'gt_noun' not in batch:
+    raise KeyError('model.seg_select is trained on gt_noun (synthetic.noun_ids), which this '
+                   'dataset does not give')
+  target, has = seg_pointer.pointer_match(out.query_mask_logits, gt, out.seg_valid,
+                                          loss_cfg.get('pointer_min_iou', 0.5))
+  choice = seg_select.selection_loss(out.seg_select_scores, out.seg_gate, target, has,
+                                     out.seg_valid)
+  noun = rej_presence.noun_loss(model.seg_select, out.hidden, out.plan.seg_index,
+                                out.plan.seg_valid & ~out.plan.seg_is_rej, out.plan.seg_target,
+                                batch['gt_noun'], before=0)
+  return loss_cfg.get('select_weight', 1.0) * (choice + noun)
 
 
 def _refine_loss(model: LIRA, out, gt: jax.Array, pixels: jax.Array, rng: jax.Array, loss_cfg

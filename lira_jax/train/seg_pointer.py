@@ -21,10 +21,11 @@ import jax.numpy as jnp
 from lira_jax.train.losses import projection_loss
 
 
-def pointer_targets(query_mask_logits: jax.Array, query_feat: jax.Array, gt_masks: jax.Array,
-                    valid: jax.Array, min_iou: float) -> tuple[jax.Array, jax.Array]:
-  """query_mask_logits f32[B, Q, h, w], query_feat f32[B, Q, 2C], gt_masks f32[N, Hg, Wg]
-  (slot n belongs to image n // M), valid bool[N] -> (target g f32[N, 2C], has target bool[N])."""
+def pointer_match(query_mask_logits: jax.Array, gt_masks: jax.Array, valid: jax.Array,
+                  min_iou: float) -> tuple[jax.Array, jax.Array]:
+  """query_mask_logits f32[B, Q, h, w], gt_masks f32[N, Hg, Wg] (slot n belongs to image n // M),
+  valid bool[N] -> (the query whose mask best overlaps each slot's target i32[N], whether that
+  overlap is an object: IoU >= min_iou, bool[N])."""
   b, q, h, w = query_mask_logits.shape
   n, hg, wg = gt_masks.shape
   if hg % h or wg % w:
@@ -38,9 +39,16 @@ def pointer_targets(query_mask_logits: jax.Array, query_feat: jax.Array, gt_mask
   union = jnp.sum(pred | gt[:, None], axis=(-2, -1))
   iou = inter / jnp.maximum(union, 1)  # [N, Q]
   best = jnp.argmax(iou, axis=-1)
-  target = query_feat[image, best]
   has = valid & (jnp.take_along_axis(iou, best[:, None], axis=-1)[:, 0] >= min_iou)
-  return jax.lax.stop_gradient(target), has
+  return best.astype(jnp.int32), has
+
+
+def pointer_targets(query_mask_logits: jax.Array, query_feat: jax.Array, gt_masks: jax.Array,
+                    valid: jax.Array, min_iou: float) -> tuple[jax.Array, jax.Array]:
+  """As `pointer_match`, with query_feat f32[B, Q, 2C] -> (target g f32[N, 2C], has bool[N])."""
+  best, has = pointer_match(query_mask_logits, gt_masks, valid, min_iou)
+  image = jnp.arange(best.shape[0]) // (best.shape[0] // query_feat.shape[0])
+  return jax.lax.stop_gradient(query_feat[image, best]), has
 
 
 def pointer_loss(seg_queries: jax.Array, query_mask_logits: jax.Array, query_feat: jax.Array,
