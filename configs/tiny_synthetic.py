@@ -12,6 +12,7 @@ Arg: comma list of
   no_refine        no mask refiner (lira_jax/models/mask_refine.py; see MASK_REFINE)
   no_rejp          no [REJ] presence head (lira_jax/models/rej_presence.py; see REJ_PRESENCE)
   no_select        no [SEG] selector (lira_jax/models/seg_select.py; see SEG_SELECT)
+  no_regcls        no region classifier (lira_jax/models/region_classify.py; see REGION_CLASSIFY)
   smoke            a few steps and a handful of eval samples (tests, quick checks)
   internvl0        stage 0 also pre-trains the InternVL side (InternViT + mlp1 + LLM, alone) on
                    image-text samples, for the stage-0 steps (see INTERNVL0_TASKS)
@@ -143,6 +144,11 @@ NOUN_WEIGHT = 1.0
 # noun, size and place; lira_jax/models/seg_select.py). Off: config arg no_select.
 SEG_SELECT = True
 SELECT_WEIGHT = 1.0
+# Session 23: the presence head and the selector read a class map whose colour x shape comes from
+# a small CNN on full-resolution crops of each query's box (lira_jax/models/region_classify.py),
+# trained in stage 2 on the scene's objects. Off: config arg no_regcls.
+REGION_CLASSIFY = dict(crop=24, channels=16)
+REGION_WEIGHT = 1.0
 # RES and GRES val samples each. Session 15: 200 left differences between variants smaller than
 # the measurement's own error. The session-13 default's checkpoint scores RES cIoU 0.547 on 200
 # and 0.576 on 1000; its two seeds differ by 0.027 on 1000. 1000 + 1000 take 39 s alone (200 +
@@ -154,10 +160,11 @@ def get_config(arg=None):
   parts = {p for p in (arg or '').split(',') if p}
   stages = parts & {'stage0', 'stage1', 'stage2'}
   unknown = parts - {'stage0', 'stage1', 'stage2', 'no_ilvc', 'no_sefe', 'no_refine', 'no_rejp',
-                     'no_select', 'smoke', 'internvl0'}
+                     'no_select', 'no_regcls', 'smoke', 'internvl0'}
   if unknown or len(stages) > 1:
     raise ValueError(f'bad config arg {arg!r}: comma list of stage0|stage1|stage2, no_ilvc, '
-                     'no_sefe, no_refine, no_rejp, no_select, smoke, internvl0')
+                     'no_sefe, no_refine, no_rejp, no_select, no_regcls, smoke, '
+                     'internvl0')
   stage = int(stages.pop()[-1]) if stages else 2
   smoke = 'smoke' in parts
   internvl0 = stage == 0 and 'internvl0' in parts
@@ -184,6 +191,8 @@ def get_config(arg=None):
     m.mask_refine = ml_collections.ConfigDict(MASK_REFINE)
   m.rej_presence = REJ_PRESENCE and stage == 2 and 'no_rejp' not in parts  # GRES: stage 2 only
   m.seg_select = SEG_SELECT and stage == 2 and 'no_select' not in parts
+  if stage == 2 and 'no_regcls' not in parts and (m.rej_presence or m.seg_select):
+    m.region_classify = ml_collections.ConfigDict(REGION_CLASSIFY)
   c.tiling = ml_collections.ConfigDict(dict(image_size=m.vision.image_size, min_tiles=1,
                                             max_tiles=1, use_thumbnail=False))
   # Each ILVC target (a referring turn, a gcg phrase) takes a region and two [SEG] slots.
@@ -205,6 +214,7 @@ def get_config(arg=None):
   c.loss.refine_weight, c.loss.refine_max_masks = 1.0, REFINE_MAX_MASKS
   c.loss.noun_weight = NOUN_WEIGHT
   c.loss.select_weight = SELECT_WEIGHT
+  c.loss.region_weight = REGION_WEIGHT
 
   o = STAGE_OPTIM[stage]
   c.optim.update(lr=o['lr'], warmup_ratio=0.05, warmup_start_factor=0.01, weight_decay=0.0,

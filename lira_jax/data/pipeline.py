@@ -30,7 +30,10 @@ def _generate(index: int, *, split: str, cfg) -> synthetic.Sample:
 
 
 def _encode(sample: synthetic.Sample, *, cfg, tokenizer) -> dict:
-  return synthetic.encode_sample(sample, tokenizer, cfg, ilvc=cfg.data.ilvc)
+  element = synthetic.encode_sample(sample, tokenizer, cfg, ilvc=cfg.data.ilvc)
+  if cfg.model.get('region_classify'):  # its labels: every object of the scene
+    element.update(synthetic_panoptic.panoptic_targets(sample.scene, cfg))
+  return element
 
 
 # What the InternVL half of a stage-0 element keeps of an encoded sample.

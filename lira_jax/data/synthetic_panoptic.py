@@ -22,13 +22,17 @@ def class_id(colour: str, shape: str) -> int:
 
 
 def encode_panoptic(scene: Scene, cfg) -> dict[str, np.ndarray]:
-  """One panoptic batch element: pixels f32[S, S, 3] (as encode_sample prepares them),
-  pan_masks f32[M, h, w] (each object's visible-pixel fraction per cell of the stride-4 grid the
-  decoder predicts on, h = S / 4), pan_classes i32[M], pan_valid bool[M];
+  """One panoptic batch element: pixels f32[S, S, 3] (as encode_sample prepares them) and
+  `panoptic_targets`; S = cfg.model.omg.image_size."""
+  pixels, _ = pixel_preprocess.preprocess_pixel_image(Image.fromarray(scene.image), cfg.model.omg)
+  return dict(pixels=pixels, **panoptic_targets(scene, cfg))
+
+
+def panoptic_targets(scene: Scene, cfg) -> dict[str, np.ndarray]:
+  """pan_masks f32[M, h, w] (each object's visible-pixel fraction per cell of the stride-4 grid
+  the decoder predicts on, h = S / 4), pan_classes i32[M], pan_valid bool[M];
   M = cfg.data.max_objects, S = cfg.model.omg.image_size."""
   omg = cfg.model.omg
-  image = Image.fromarray(scene.image)
-  pixels, _ = pixel_preprocess.preprocess_pixel_image(image, omg)
   size, stride, m = omg.image_size, int(omg.head.strides[0]), int(cfg.data.max_objects)
   if len(scene.objects) > m:
     raise ValueError(f'{len(scene.objects)} objects do not fit max_objects={m}')
@@ -39,4 +43,4 @@ def encode_panoptic(scene: Scene, cfg) -> dict[str, np.ndarray]:
     full = pixel_frame_mask(obj.mask, size)
     masks[j] = full.reshape(size // stride, stride, size // stride, stride).mean((1, 3))
     classes[j], valid[j] = class_id(obj.colour, obj.shape), True
-  return dict(pixels=pixels, pan_masks=masks, pan_classes=classes, pan_valid=valid)
+  return dict(pan_masks=masks, pan_classes=classes, pan_valid=valid)

@@ -94,6 +94,7 @@ def generate(model: LIRA, batch: dict, key: jax.Array, opts: GenerateOptions) ->
   tokens = model.tokens
   seg_id, rej_id, image_id = tokens['seg'], tokens['rej'], tokens['image_id']
   omg, visual = model.encode_images(batch)
+  class_map = model.class_map(omg, model.region_classes(omg, batch['pixels']))
   b = batch['ids'].shape[0]
   d = model.llm.cfg.hidden_size
   n = model.tokens_per_tile
@@ -109,7 +110,7 @@ def generate(model: LIRA, batch: dict, key: jax.Array, opts: GenerateOptions) ->
     """The ILVC tokens f32[B, N, D] of each sample's latest [SEG] mask."""
     last = jnp.maximum(slots.count - 1, 0)
     hidden = jnp.take_along_axis(slots.hidden, last[:, None, None], axis=1)
-    logits = model.decode_seg(hidden, trigger[:, None], omg)[-1]
+    logits = model.decode_seg(hidden, trigger[:, None], omg, class_map)[-1]
     logits = model.refine_seg_logits(logits, batch['pixels'], jnp.arange(b, dtype=jnp.int32))
     masks = seg_masks_to_image(logits, image_hw, trigger, out_hw)
     pixels = jax.vmap(lambda im, m, hw: ilvc.region_pixels(im, m, hw, tile_side))(
@@ -119,7 +120,7 @@ def generate(model: LIRA, batch: dict, key: jax.Array, opts: GenerateOptions) ->
   def hook(slots: SegSlots, fed, logits, hidden, active, cache):
     # The presence head's [REJ]/[SEG] offset, as in the forward pass (the prefill's logits, for
     # the answer's first token, go without it: no answer starts with [SEG] or [REJ]).
-    logits = model.decision_logits(logits[:, None], hidden[:, None], omg)[:, 0]
+    logits = model.decision_logits(logits[:, None], hidden[:, None], class_map)[:, 0]
     is_slot = active & ((fed == seg_id) | (fed == rej_id))
     # A scatter into row (b, slot) only; samples that feed no slot token (and slots past M)
     # point out of range and are dropped, so a step never rewrites the whole [B, M, V] buffer.
@@ -161,7 +162,7 @@ def generate(model: LIRA, batch: dict, key: jax.Array, opts: GenerateOptions) ->
   slots = out.extra
   used = jnp.arange(opts.max_seg)[None] < slots.count[:, None]
   decoded = used & ~slots.is_rej
-  mask_logits = model.decode_seg(slots.hidden, decoded, omg)[-1]  # [B·M, h, w]
+  mask_logits = model.decode_seg(slots.hidden, decoded, omg, class_map)[-1]  # [B·M, h, w]
   mask_logits = model.refine_seg_logits(
       mask_logits, batch['pixels'], jnp.repeat(jnp.arange(b, dtype=jnp.int32), opts.max_seg))
   masks = seg_masks_to_image(mask_logits, jnp.repeat(image_hw, opts.max_seg, axis=0),

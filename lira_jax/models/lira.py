@@ -17,6 +17,7 @@ from lira_jax.models.intern_vit import SemanticEncoder
 from lira_jax.models.llm import LLM
 from lira_jax.models.mask_refine import MaskRefiner
 from lira_jax.models.omg_seg import OMGSeg
+from lira_jax.models.region_classify import RegionClassifier, region_class_logits
 from lira_jax.models.rej_presence import RejPresence
 from lira_jax.models.sefe import SEFE, VisualTokens
 from lira_jax.models.seg_select import SegSelect, query_features
@@ -33,7 +34,9 @@ class LiraOutputs:
   seg_queries f32[B·M, 2C] the [SEG] states' own projection (text2vision); query_mask_logits
   f32[B, Q, h, w] the panoptic pass's final masks (stride 4); seg_select_scores f32[B·M, Q] and
   seg_gate f32[B·M] (logits) when the model has a [SEG] selector
-  (lira_jax/models/seg_select.py), else None. Under jit, fields a caller drops cost nothing."""
+  (lira_jax/models/seg_select.py), else None; region_classes (colour f32[B, Q, C], shape
+  f32[B, Q, T] logits) when it has a region classifier (lira_jax/models/region_classify.py).
+  Under jit, fields a caller drops cost nothing."""
   logits: jax.Array
   plan: sequence.SequencePlan
   seg_mask_logits: jax.Array
@@ -45,6 +48,7 @@ class LiraOutputs:
   query_mask_logits: jax.Array
   seg_select_scores: jax.Array | None = None
   seg_gate: jax.Array | None = None
+  region_classes: tuple[jax.Array, jax.Array] | None = None
 
 
 class LIRA(nnx.Module):
@@ -68,6 +72,9 @@ class LIRA(nnx.Module):
                          if m.get('rej_presence') else None)
     self.seg_select = (SegSelect(h, m.text2vision.out_dim, tuple(m.omg.head.class_factors),
                                  **mods) if m.get('seg_select') else None)
+    regions = m.get('region_classify')
+    self.region_classifier = (RegionClassifier(regions, tuple(m.omg.head.class_factors),
+                                               rngs=rngs) if regions else None)
     refine = m.get('mask_refine')
     self.mask_refiner = MaskRefiner(refine, rngs=rngs) if refine else None
     self.stage = int(cfg.stage)
@@ -123,8 +130,26 @@ class LIRA(nnx.Module):
     plan, embeds = self.embed_sequence(batch, visual, no_regions, jnp.zeros((b, 0), bool))
     return self.llm(embeds, plan.valid), plan
 
-  def seg_queries(self, hidden: jax.Array, omg) -> tuple[jax.Array, jax.Array, tuple | None]:
-    """[SEG] hidden states f32[B, M, H] (final-normed) -> (the OMG-Seg queries to decode
+  def region_classes(self, omg, pixels: jax.Array) -> tuple[jax.Array, jax.Array] | None:
+    """The region classifier's (colour f32[B, Q, C], shape f32[B, Q, T]) logits for the
+    panoptic queries of pixels f32[B, S, S, 3]; None without one."""
+    if self.region_classifier is None:
+      return None
+    return self.region_classifier(pixels, omg.decoder.mask_logits[-1])
+
+  def class_map(self, omg, region_classes) -> jax.Array:
+    """The class map f32[B, Q, C·T+1] the [REJ] presence head and the [SEG] selector read:
+    the frozen panoptic one, with region_classes (`region_classes`) in place of its thing
+    classes when given."""
+    class_logits = jax.lax.stop_gradient(omg.decoder.class_logits[-1])
+    if region_classes is None:
+      return class_logits
+    return region_class_logits(*region_classes, class_logits)
+
+  def seg_queries(self, hidden: jax.Array, omg, class_map: jax.Array
+                  ) -> tuple[jax.Array, jax.Array, tuple | None]:
+    """[SEG] hidden states f32[B, M, H] (final-normed), class_map (`class_map`) -> (the
+    OMG-Seg queries to decode
     f32[B·M, 2C], the states' own projection f32[B·M, 2C], (selector scores f32[B·M, Q], gate
     logits f32[B·M]) or None). Without a selector the first two are the same."""
     b, m = hidden.shape[:2]
@@ -133,10 +158,9 @@ class LIRA(nnx.Module):
     if self.seg_select is None:
       return own, own, None
     image_index = jnp.repeat(jnp.arange(b, dtype=jnp.int32), m)
-    class_logits = omg.decoder.class_logits[-1]
-    phi = query_features(class_logits, omg.decoder.mask_logits[-1], omg.prior.valid)
+    phi = query_features(class_map, omg.decoder.mask_logits[-1], omg.prior.valid)
     queries, scores, gate = self.seg_select(flat, own, image_index, omg.prior.query_pos_feat,
-                                            class_logits, phi)
+                                            class_map, phi)
     return queries, own, (scores, gate)
 
   def decode_queries(self, queries: jax.Array, valid: jax.Array, omg) -> jax.Array:
@@ -147,10 +171,11 @@ class LIRA(nnx.Module):
     return self.omg.forward_seg(queries, image_index, valid.reshape(-1), omg.mask_features,
                                 omg.memories).mask_logits
 
-  def decode_seg(self, hidden: jax.Array, valid: jax.Array, omg) -> jax.Array:
+  def decode_seg(self, hidden: jax.Array, valid: jax.Array, omg, class_map: jax.Array
+                 ) -> jax.Array:
     """[SEG] hidden states f32[B, M, H] (final-normed), valid bool[B, M] -> mask logits
     f32[P, B·M, h, w] (P prediction steps; zeros where not valid)."""
-    return self.decode_queries(self.seg_queries(hidden, omg)[0], valid, omg)
+    return self.decode_queries(self.seg_queries(hidden, omg, class_map)[0], valid, omg)
 
   def refine_seg_logits(self, mask_logits: jax.Array, pixels: jax.Array,
                         image_index: jax.Array) -> jax.Array:
@@ -162,12 +187,15 @@ class LIRA(nnx.Module):
       return mask_logits
     return self.mask_refiner(mask_logits, pixels, image_index)
 
-  def decision_logits(self, logits: jax.Array, hidden: jax.Array, omg) -> jax.Array:
+  def decision_logits(self, logits: jax.Array, hidden: jax.Array, class_map: jax.Array
+                      ) -> jax.Array:
     """LM logits f32[B, L, V] with the presence head's [REJ]-vs-[SEG] offset (unchanged without
-    one); hidden f32[B, L, H] the final-normed states that produced them."""
+    one); hidden f32[B, L, H] the final-normed states that produced them; class_map
+    (`class_map`)."""
     if self.rej_presence is None:
       return logits
-    offset = self.rej_presence(hidden, jax.lax.stop_gradient(omg.decoder.class_logits[-1]))
+    # The class map trains only through region_class_loss, not through the decisions.
+    offset = self.rej_presence(hidden, jax.lax.stop_gradient(class_map))
     # Split between [REJ] (+) and [SEG] (-): where neither is the next token both are unlikely
     # and the offset gets no gradient, so only the [SEG]/[REJ] decisions train it.
     half = 0.5 * offset.astype(logits.dtype)
@@ -188,16 +216,18 @@ class LIRA(nnx.Module):
     # [SEG] hidden states (final-normed, where the input token is [SEG]) -> OMG-Seg queries.
     hidden = jnp.take_along_axis(out['last_hidden'], plan.seg_index[..., None], axis=1)
     seg_valid = plan.seg_valid & ~plan.seg_is_rej
-    queries, own, select = self.seg_queries(hidden, omg)
+    region_classes = self.region_classes(omg, batch['pixels'])
+    class_map = self.class_map(omg, region_classes)
+    queries, own, select = self.seg_queries(hidden, omg, jax.lax.stop_gradient(class_map))
     scores, gate = select if select is not None else (None, None)
-    return LiraOutputs(logits=self.decision_logits(out['logits'], out['last_hidden'], omg),
+    return LiraOutputs(logits=self.decision_logits(out['logits'], out['last_hidden'], class_map),
                        plan=plan,
                        seg_mask_logits=self.decode_queries(queries, seg_valid, omg),
                        seg_valid=seg_valid.reshape(-1), hidden=out['last_hidden'],
                        query_feat=omg.prior.query_pos_feat,
                        query_keep=omg.prior.attention_mask.sum(-1) > 0,
                        seg_queries=own, query_mask_logits=omg.decoder.mask_logits[-1],
-                       seg_select_scores=scores, seg_gate=gate)
+                       seg_select_scores=scores, seg_gate=gate, region_classes=region_classes)
 
   def reproject_queries(self, query_feat: jax.Array) -> jax.Array:
     """Stage-1 projection path g -> query_proj -> model -> text2vision: f32[..., 2C] -> [..., 2C]

@@ -154,6 +154,20 @@ def _patchify_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
   return jnp.einsum('bhiwjc,ijco->bhwo', patches, kernel, precision=jax.lax.Precision.HIGHEST)
 
 
+def conv3x3_same(conv: Conv, x: jax.Array) -> jax.Array:
+  """3x3 'SAME' convolution f32[N, H, W, in] -> f32[N, H, W, out] with conv's parameters, as
+  one matmul over the nine shifted copies of x. On CPU, for the small maps of the synthetic
+  world's per-mask modules, this is much faster than XLA's convolution: in the stage-2 train step
+  the mask refiner's convolutions cost 28 ms per step for 12 masks this way, against 150 ms
+  with XLA's convolution and 110 ms with Conv.__call__'s shifted matmuls (which suit wider
+  maps)."""
+  kernel = conv.kernel[...]
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  h, w = x.shape[1:3]
+  taps = jnp.concatenate([padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], -1)
+  return taps @ kernel.reshape(-1, kernel.shape[-1]) + conv.bias[...]
+
+
 def _pad_for_transpose(g: jax.Array, kh: int, kw: int) -> jax.Array:
   """The cotangent of a VALID stride-1 conv, zero-padded so that a VALID conv of it with the
   flipped kernel gives the input's cotangent."""

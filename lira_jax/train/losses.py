@@ -28,7 +28,7 @@ _F32_EPS = float(np.finfo(np.float32).eps)
 # The reference passes avg_factor = count + 1e-4 (OMG-Seg `llm_seg_loss`).
 _AVG_OFFSET = 1e-4
 # Keys of `total_loss` parts that are losses; anything else is passed through for logging.
-LOSS_KEYS = ('text', 'dice', 'bce', 'proj', 'cls', 'pointer', 'refine', 'noun', 'select')
+LOSS_KEYS = ('text', 'dice', 'bce', 'proj', 'cls', 'pointer', 'refine', 'noun', 'select', 'region')
 
 
 # ----------------------------------------------------------------------------------------- text
@@ -212,8 +212,8 @@ def total_loss(parts: Mapping[str, jax.Array], loss_cfg
                ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(total, logged) from parts: 'text' = unweighted `text_loss`; optional 'dice', 'bce' (from
   `mask_losses` or the panoptic loss), 'proj' (from `projection_loss`), 'cls' (panoptic),
-  'pointer', 'refine', 'noun' (rej_presence.noun_loss) and 'select' (seg_select) already carry
-  their weights; other
+  'pointer', 'refine', 'noun' (rej_presence.noun_loss), 'select' (seg_select) and 'region'
+  (region_classify) already carry their weights; other
   entries (counts) pass through to `logged`.
   `logged['text']` is the weighted text term."""
   logged = dict(parts)

@@ -12,13 +12,15 @@ still name the shape of only 34 % of the val objects (README, session 14). A thi
 only with a mask refiner (lira_jax/models/mask_refine.py, cfg.model.mask_refine): Dice + BCE
 of the refined windows, weighted by loss.refine_weight. With a [SEG] selector
 (lira_jax/models/seg_select.py, cfg.model.seg_select): its choice, gate and noun terms,
-weighted by loss.select_weight."""
+weighted by loss.select_weight. With a region classifier
+(lira_jax/models/region_classify.py, cfg.model.region_classify): its colour and shape
+cross-entropy on the scene's objects, weighted by loss.region_weight."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from lira_jax.models import rej_presence, seg_select
+from lira_jax.models import region_classify, rej_presence, seg_select
 from lira_jax.models.lira import LIRA, seg_targets
 from lira_jax.models.mask_refine import crop_windows
 from lira_jax.train import losses, panoptic, seg_pointer
@@ -57,6 +59,13 @@ def lira_loss(model: LIRA, batch: dict, rng: jax.Array, loss_cfg, *, pixel_feats
       parts['pointer'], parts['num_pointed'] = seg_pointer.pointer_loss(
           out.seg_queries, out.query_mask_logits, out.query_feat, gt, out.seg_valid,
           weight=loss_cfg.pointer_weight, min_iou=loss_cfg.pointer_min_iou)
+    if model.region_classifier is not None:
+      if 'pan_classes' not in batch:
+        raise KeyError('model.region_classifier is trained on every object of the scene '
+                       '(synthetic_panoptic.panoptic_targets), which this dataset does not give')
+      parts['region'] = loss_cfg.get('region_weight', 1.0) * region_classify.region_class_loss(
+          *out.region_classes, out.query_mask_logits, batch['pan_masks'], batch['pan_classes'],
+          batch['pan_valid'], shapes=model.region_classifier.class_factors[1])
     if model.seg_select is not None:
       parts['select'] = _select_loss(model, out, gt, batch, loss_cfg)
     if model.rej_presence is not None:
