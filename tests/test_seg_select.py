@@ -7,12 +7,13 @@ import pytest
 from flax import nnx
 
 import lira_jax  # noqa: F401
-from lira_jax.models.seg_select import NUM_FEATURES, SegSelect, query_features, selection_loss
+from lira_jax.models.seg_select import (NUM_FEATURES, SegSelect, query_features, selection_loss,
+                                        size_rank)
 
 COLOURS, SHAPES, H, E = 2, 3, 4, 6
 
 
-def _selector(colour_bias, shape_bias, feature_bias=(0.0,) * NUM_FEATURES, gate_bias=20.0):
+def _selector(colour_bias, shape_bias, feature_bias=(0.0,) * (NUM_FEATURES + 1), gate_bias=20.0):
   """A selector that ignores the state: fixed noun logits, feature weights and gate."""
   sel = SegSelect(H, E, (COLOURS, SHAPES), rngs=nnx.Rngs(0))
   for linear, bias in ((sel.colour_head, colour_bias), (sel.shape_head, shape_bias),
@@ -77,13 +78,25 @@ def test_selects_the_query_that_fits_the_noun_then_the_largest():
   mixed, score, gate = noun(hidden, own, image, feats, logits, phi)
   assert int(np.argmax(score[0])) == 1
   np.testing.assert_allclose(mixed[0], feats[0, 1], atol=1e-3)
-  largest = _selector([0.0, 0.0, 20.0], [0.0, 0.0, 20.0, 0.0], feature_bias=(5.0, 0, 0, 0, 0))
+  largest = _selector([0.0, 0.0, 20.0], [0.0, 0.0, 20.0, 0.0], feature_bias=(5.0, 0, 0, 0, 0, 0))
   score = np.asarray(largest(hidden, own, image, feats, logits, phi)[1])[0]
   assert int(np.argmax(score)) == 3 and score[3] - score[2] == pytest.approx(5 * np.log(
       (64 / 256 + 1e-3) / (16 / 256 + 1e-3)), rel=1e-3)
   closed = _selector([-20.0, 20.0, 0.0], [20.0, 0.0, 0.0, 0.0], gate_bias=-20.0)
   own = jnp.full((1, E), 3.0)
   np.testing.assert_allclose(closed(hidden, own, image, feats, logits, phi)[0], own, atol=1e-6)
+
+
+def test_size_rank_is_the_share_of_fitting_others_a_query_outgrows():
+  log_area = jnp.log(jnp.asarray([[0.1, 0.2, 0.05, 0.4]]))
+  weight = jnp.asarray([[1.0, 1.0, 1.0, 0.0]])  # query 3 does not fit: it counts for no one
+  got = np.asarray(size_rank(log_area, weight))[0]
+  sig = lambda x: 1 / (1 + np.exp(-10 * x))
+  la = np.log([0.1, 0.2, 0.05, 0.4])
+  want = [sum(sig(la[q] - la[r]) for r in range(3) if r != q) / (2 if q < 3 else 3)
+          for q in range(4)]
+  np.testing.assert_allclose(got, want, rtol=1e-3)
+  assert got[1] > 0.95 and got[2] < 0.05
 
 
 def test_selection_loss_is_cross_entropy_plus_gate_bce():

@@ -8,9 +8,12 @@ of RES val targets; superlatives 0.42 cIoU), while the frozen class map names an
 from its pooled mask (83 %) and the query masks give its size and place. A proposal scorer in
 the spirit of MAttNet's subject and location modules reads those per query:
 
-  score_q = beta · log fit_q + a(h) · phi_q + <W_h h, W_g g_q> / sqrt(D)
+  score_q = beta · log fit_q + a(h) · [phi_q, rank_q] + <W_h h, W_g g_q> / sqrt(D)
   fit_q   = sum_{c,s} (p_col[c] + p_col[any]) (p_shape[s] + p_shape[any]) P_q(c, s)
   phi_q   = [log area, centre x, centre y, log objectness, prior-valid]
+  rank_q  = sum_{r != q} w_r sigmoid(k (log area_q - log area_r)) / sum_{r != q} w_r,
+            w_r = fit_r · objectness_r: the share of the other objects fitting the noun that q
+            is larger than (1 for the largest, 0 for the smallest; superlatives)
   select  = softmax_q(score),  q_seg = q_llm + sigmoid(gate(h)) · (sum_q select_q g_q - q_llm)
 
 h: the [SEG] hidden state; p_col / p_shape: the noun heads (supervised by `selection_loss` on
@@ -33,7 +36,8 @@ from flax import nnx
 from lira_jax.models.rej_presence import noun_fit
 from lira_jax.nn.layers import Linear
 
-NUM_FEATURES = 5
+NUM_FEATURES = 5  # phi; the selector weighs one more, rank
+_RANK_SHARPNESS = 10.0  # k: the world's superlatives win by an area ratio >= 1.3 (log 0.26)
 _KEY_WIDTH = 32
 _EPS = 1e-4
 
@@ -56,6 +60,13 @@ def query_features(class_logits: jax.Array, mask_logits: jax.Array, prior_valid:
   return jax.lax.stop_gradient(phi)
 
 
+def size_rank(log_area: jax.Array, weight: jax.Array) -> jax.Array:
+  """log_area f32[N, Q], weight f32[N, Q] -> rank_q f32[N, Q] (see the module docstring)."""
+  larger = jax.nn.sigmoid(_RANK_SHARPNESS * (log_area[:, :, None] - log_area[:, None, :]))
+  others = weight[:, None, :] * (1.0 - jnp.eye(log_area.shape[-1], dtype=weight.dtype))
+  return jnp.sum(others * larger, axis=-1) / (jnp.sum(others, axis=-1) + _EPS)
+
+
 class SegSelect(nnx.Module):
 
   def __init__(self, hidden: int, query_dim: int, class_factors: tuple[int, int], *,
@@ -65,7 +76,7 @@ class SegSelect(nnx.Module):
     colours, shapes = self.class_factors
     self.colour_head = Linear(hidden, colours + 1, axes=('embed', None), **mods)
     self.shape_head = Linear(hidden, shapes + 1, axes=('embed', None), **mods)
-    self.feature_weights = Linear(hidden, NUM_FEATURES, axes=('embed', None), **mods)
+    self.feature_weights = Linear(hidden, NUM_FEATURES + 1, axes=('embed', None), **mods)
     self.state_key = Linear(hidden, _KEY_WIDTH, axes=('embed', None), use_bias=False, **mods)
     self.query_key = Linear(query_dim, _KEY_WIDTH, axes=(None, None), use_bias=False, **mods)
     self.gate = Linear(hidden, 1, axes=('embed', None), **mods)
@@ -84,9 +95,12 @@ class SegSelect(nnx.Module):
                    self.class_factors)[:, 0]
     keys = self.query_key(jax.lax.stop_gradient(query_feat[image_index]).astype(jnp.float32))
     lookup = jnp.einsum('nd,nqd->nq', self.state_key(hidden).astype(jnp.float32), keys)
+    phi = phi[image_index]
+    rank = size_rank(phi[..., 0], fit * jnp.exp(phi[..., 3]))
+    features = jnp.concatenate([phi, rank[..., None]], axis=-1)
     weights = self.feature_weights(hidden).astype(jnp.float32)
     score = (self.beta[...] * jnp.log(jnp.maximum(fit, _EPS))
-             + jnp.einsum('nf,nqf->nq', weights, phi[image_index])
+             + jnp.einsum('nf,nqf->nq', weights, features)
              + lookup / math.sqrt(_KEY_WIDTH))
     return score, self.gate(hidden)[..., 0].astype(jnp.float32)
 
