@@ -146,7 +146,8 @@ SEG_SELECT = True
 SELECT_WEIGHT = 1.0
 # Session 23: the presence head and the selector read a class map whose colour x shape comes from
 # a small CNN on full-resolution crops of each query's box (lira_jax/models/region_classify.py),
-# trained in stage 2 on the scene's objects. Off: config arg no_regcls.
+# trained on the scenes' objects in stage 0 (beside the pixel path) and stage 2. Off: config arg
+# no_regcls.
 REGION_CLASSIFY = dict(crop=24, channels=16)
 REGION_WEIGHT = 1.0
 # RES and GRES val samples each. Session 15: 200 left differences between variants smaller than
@@ -191,7 +192,9 @@ def get_config(arg=None):
     m.mask_refine = ml_collections.ConfigDict(MASK_REFINE)
   m.rej_presence = REJ_PRESENCE and stage == 2 and 'no_rejp' not in parts  # GRES: stage 2 only
   m.seg_select = SEG_SELECT and stage == 2 and 'no_select' not in parts
-  if stage == 2 and 'no_regcls' not in parts and (m.rej_presence or m.seg_select):
+  # Trained with the pixel path in stage 0 (the scenes' objects are its labels there too) and
+  # again in stage 2; stage 1 leaves it as it is (no labels).
+  if 'no_regcls' not in parts and REGION_CLASSIFY and (REJ_PRESENCE or SEG_SELECT):
     m.region_classify = ml_collections.ConfigDict(REGION_CLASSIFY)
   c.tiling = ml_collections.ConfigDict(dict(image_size=m.vision.image_size, min_tiles=1,
                                             max_tiles=1, use_thumbnail=False))
@@ -203,8 +206,8 @@ def get_config(arg=None):
     c.seq.max_len = 96
   # cls_embed stands for the OV file's CLIP text embeddings: fixed, as in OMG-Seg.
   internvl_side = (r'^vision\.', r'^llm\.') if internvl0 else ()
-  c.trainable = {0: (r'^omg\.(?!decoder\.cls_embed$)', *internvl_side),
-                 1: (r'^(?!omg\.)',),
+  c.trainable = {0: (r'^omg\.(?!decoder\.cls_embed$)', r'^region_classifier\.', *internvl_side),
+                 1: (r'^(?!omg\.|region_classifier\.)',),
                  2: (r'^(?!omg\.)', r'^omg\.decoder\.\w+_llm\.')}[stage]
   c.loss.num_points = 1024
   c.loss.panoptic = ml_collections.ConfigDict(dict(  # Mask2Former's weights
@@ -225,7 +228,7 @@ def get_config(arg=None):
       referring_rounds=REFERRING_ROUNDS, absent_rate=ABSENT_RATE,
       ilvc='no_ilvc' not in parts,
       task_weights=INTERNVL0_TASKS if internvl0 else STAGE_TASKS[stage], worker_threads=1,
-      prefetch=4,
+      prefetch=4, object_labels=stage == 2 and bool(m.get('region_classify')),
       tfds_dir=''))  # '' generates on the fly; else a lira_jax.data.tfds_synthetic dataset dir
   c.train = ml_collections.ConfigDict(dict(
       steps=8 if smoke else o['steps'], batch_size=8, seed=0, log_every=1 if smoke else 25,

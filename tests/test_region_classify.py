@@ -97,6 +97,6 @@ def test_stage2_stream_carries_every_object_of_the_scene():
   scene = synthetic.make_sample('train', 3, size=cfg.data.image_size).scene
   assert element['pan_valid'].sum() == len(scene.objects)
   assert element['pan_masks'].shape[0] == cfg.data.max_objects
-  off = common.load_config('configs/tiny_synthetic.py:smoke,stage2,no_regcls')
+  off = common.load_config('configs/tiny_synthetic.py:smoke,stage1')  # no labels to learn
   assert 'pan_masks' not in pipeline._encode(
       synthetic.make_sample('train', 3, size=off.data.image_size), cfg=off, tokenizer=tokenizer)

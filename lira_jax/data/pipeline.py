@@ -31,7 +31,7 @@ def _generate(index: int, *, split: str, cfg) -> synthetic.Sample:
 
 def _encode(sample: synthetic.Sample, *, cfg, tokenizer) -> dict:
   element = synthetic.encode_sample(sample, tokenizer, cfg, ilvc=cfg.data.ilvc)
-  if cfg.model.get('region_classify'):  # its labels: every object of the scene
+  if cfg.data.get('object_labels'):  # the region classifier's labels: every object of the scene
     element.update(synthetic_panoptic.panoptic_targets(sample.scene, cfg))
   return element
 

@@ -14,7 +14,7 @@ of the refined windows, weighted by loss.refine_weight. With a [SEG] selector
 (lira_jax/models/seg_select.py, cfg.model.seg_select): its choice, gate and noun terms,
 weighted by loss.select_weight. With a region classifier
 (lira_jax/models/region_classify.py, cfg.model.region_classify): its colour and shape
-cross-entropy on the scene's objects, weighted by loss.region_weight."""
+cross-entropy on the scene's objects, weighted by loss.region_weight, in stages 0 and 2."""
 from __future__ import annotations
 
 import jax
@@ -38,6 +38,9 @@ def lira_loss(model: LIRA, batch: dict, rng: jax.Array, loss_cfg, *, pixel_feats
       query_logits = model.omg.decoder.query_class_logits(dec.queries)  # after each layer
       parts['cls'] += panoptic.query_class_loss(query_logits, dec.mask_logits[1:], batch,
                                                 loss_cfg.panoptic)
+    if model.region_classifier is not None:
+      parts['region'] = _region_loss(model, model.region_classifier(
+          batch['pixels'], dec.mask_logits[-1]), dec.mask_logits[-1], batch, loss_cfg)
     if 'ids' in batch:
       logits, plan = model.internvl_logits(batch)
       parts['text'], parts['num_tokens'] = losses.text_loss(logits, plan.labels)
@@ -60,12 +63,8 @@ def lira_loss(model: LIRA, batch: dict, rng: jax.Array, loss_cfg, *, pixel_feats
           out.seg_queries, out.query_mask_logits, out.query_feat, gt, out.seg_valid,
           weight=loss_cfg.pointer_weight, min_iou=loss_cfg.pointer_min_iou)
     if model.region_classifier is not None:
-      if 'pan_classes' not in batch:
-        raise KeyError('model.region_classifier is trained on every object of the scene '
-                       '(synthetic_panoptic.panoptic_targets), which this dataset does not give')
-      parts['region'] = loss_cfg.get('region_weight', 1.0) * region_classify.region_class_loss(
-          *out.region_classes, out.query_mask_logits, batch['pan_masks'], batch['pan_classes'],
-          batch['pan_valid'], shapes=model.region_classifier.class_factors[1])
+      parts['region'] = _region_loss(model, out.region_classes, out.query_mask_logits, batch,
+                                     loss_cfg)
     if model.seg_select is not None:
       parts['select'] = _select_loss(model, out, gt, batch, loss_cfg)
     if model.rej_presence is not None:
@@ -77,6 +76,18 @@ def lira_loss(model: LIRA, batch: dict, rng: jax.Array, loss_cfg, *, pixel_feats
           out.plan.seg_target, batch['gt_noun'])
     parts['seg_dropped'] = jnp.sum(out.plan.num_seg) - jnp.sum(out.plan.seg_valid)
   return losses.total_loss(parts, loss_cfg)
+
+
+def _region_loss(model: LIRA, region_classes, query_mask_logits: jax.Array, batch: dict,
+                 loss_cfg) -> jax.Array:
+  """The region classifier's cross-entropy on the scene's objects, weighted by
+  loss.region_weight. region_classes: (colour f32[B, Q, C], shape f32[B, Q, T]) logits."""
+  if 'pan_classes' not in batch:
+    raise KeyError('model.region_classifier is trained on every object of the scene '
+                   '(synthetic_panoptic.panoptic_targets), which this dataset does not give')
+  return loss_cfg.get('region_weight', 1.0) * region_classify.region_class_loss(
+      *region_classes, query_mask_logits, batch['pan_masks'], batch['pan_classes'],
+      batch['pan_valid'], shapes=model.region_classifier.class_factors[1])
 
 
 def _select_loss(model: LIRA, out, gt: jax.Array, batch: dict, loss_cfg) -> jax.Array:
