@@ -43,10 +43,13 @@ def predict(model, batch: dict, seg_id: int, rej_id: int) -> dict[str, jax.Array
   reject_per_slot = rej.teacher_forced_rejection(pred_ids, first.plan, seg_id, rej_id)
   reject = jnp.take_along_axis(reject_per_slot, slot, axis=1) & has_slot
 
-  # A batch without [REJ] repeats the first pass here; one program for every batch costs less
-  # than compiling a second one for RES.
-  remasked = model(dict(batch, ids=rej.reeval_ids(batch['ids'], seg_id, rej_id)))
-  logits = remasked.seg_mask_logits[-1]  # [B·M, h, w]
+  # One program for every batch (compiling a second one for RES costs more); a batch without
+  # [REJ] (all of RES) takes the first pass's masks, the branch not taken does not run.
+  logits = jax.lax.cond(
+      jnp.any(batch['ids'] == rej_id),
+      lambda: model(dict(batch, ids=rej.reeval_ids(batch['ids'], seg_id, rej_id))
+                    ).seg_mask_logits[-1],
+      lambda: first.seg_mask_logits[-1])  # [B·M, h, w]
   logits = logits.reshape(b, -1, *logits.shape[1:])
   logits = jnp.take_along_axis(logits, slot[:, :, None, None], axis=1)
   logits = model.refine_seg_logits(logits.reshape(b * k, *logits.shape[2:]), batch['pixels'],
