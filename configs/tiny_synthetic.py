@@ -2,7 +2,9 @@
 (lira_jax/data/synthetic.py), stage 0, 1 and 2, then evaluated on the val split. What
 `python -m launch.train` runs with no flags; aimed at 15 minutes on 2 CPU cores, it took 14 min 50 s
 (session 19, alone), 16 min 04 s from a fresh clone on session 20's slower machine and 14 min 09 s
-from a fresh clone in session 22, with the [REJ] presence head (README "The main job").
+from a fresh clone in session 22, with the [REJ] presence head; session 23's [SEG] selector and
+region classifier made it 16 min 46 s, and the schedule below was shortened (README "The main
+job").
 
 Arg: comma list of
   stage0 | stage1 | stage2  which stage's settings (default stage2; launch/train.py runs them in
@@ -36,11 +38,14 @@ pretrained:
 - two losses the release does not have: stage 0 makes each object query name its class by itself
   (loss.panoptic.query_cls_weight), stage 2 regresses each [SEG] query onto the object query
   covering its target (loss.pointer_weight); see QUERY_CLS_WEIGHT below;
-- two modules the release does not have: stage 2 learns a full-resolution mask refiner from the
+- four modules the release does not have: stage 2 learns a full-resolution mask refiner from the
   image pixels (lira_jax/models/mask_refine.py; see MASK_REFINE below), standing in for the
-  resolution a 1024-pixel input gives the released stride-4 masks, and a [REJ] presence head
-  that reads the frozen panoptic class map for the noun being decided
-  (lira_jax/models/rej_presence.py; see REJ_PRESENCE below).
+  resolution a 1024-pixel input gives the released stride-4 masks; a [REJ] presence head that
+  reads the panoptic class map for the noun being decided (lira_jax/models/rej_presence.py; see
+  REJ_PRESENCE); a [SEG] selector that scores the panoptic queries by noun, size and place and
+  decodes from the chosen one (lira_jax/models/seg_select.py; see SEG_SELECT); and a region
+  classifier, trained in stages 0 and 2, whose full-resolution crops sharpen the class map the
+  last two read (lira_jax/models/region_classify.py; see REGION_CLASSIFY).
 Everything else (SEFE, the [SEG] path, the losses, stage 1 without InternVL tokens and with the
 projection loss) is the released model at tiny sizes.
 """
@@ -80,13 +85,14 @@ from lira_jax.data import synthetic_panoptic
 # classifier again (+24 ms per stage-2 step) took the full run to 16 min 46 s (RES cIoU 0.723,
 # N-acc 0.879). Stage 2 of 1100 steps on its stages 0-1 gave RES 0.685 / 0.690 (absent rate 0.75
 # / 0.85; N-acc 0.867 / 0.863). 1800 / 100 / 1450 steps with 6 refined masks per step ran in
-# 14 min 40 s from a fresh clone but scored RES 0.678 (0.677 with stage-2 seed 1); stage 2 of 1600
-# steps with 12 refined masks on its stages 0-1 scored 0.705 (IoU if right 0.865 against
-# 0.835-0.854). So stage 2 keeps 1600 steps and 12 masks, and stage 0 gives up the time.
+# 14 min 40 s from a fresh clone: RES 0.678 (0.677 with stage-2 seed 1); stage 2 of 1600 steps
+# with 12 refined masks on its stages 0-1 scored 0.705, but paying for it with stage 0
+# (1550 / 100 / 1600, 12 masks; 14 min 29 s) gave 0.637: stage 0 cannot give up more. So
+# 1800 / 100 / 1450 with 6 masks.
 STAGE_OPTIM = {
-    0: dict(lr=2e-3, steps=1550),
+    0: dict(lr=2e-3, steps=1800),
     1: dict(lr=2e-3, steps=100),
-    2: dict(lr=1e-3, steps=1600),
+    2: dict(lr=1e-3, steps=1450),
 }
 # `internvl0`: a stand-in for InternVL's own pre-training, beside the pixel path's in stage 0.
 # Measured (session 9, one run each; README "The main job"): trained alone on this mix for 2000
@@ -137,7 +143,7 @@ POINTER_WEIGHT = 2.0
 # learning at all. The mask refiner (lira_jax/models/mask_refine.py) learns that correction in
 # stage 2. Off: config arg no_refine.
 MASK_REFINE = dict(channels=16, layers=3, window=48)
-REFINE_MAX_MASKS = 12  # refined and supervised per training batch (~15 valid [SEG] slots)
+REFINE_MAX_MASKS = 6  # refined and supervised per training batch (of ~15 valid [SEG] slots)
 # Session 22: with no-target expressions worded like present ones, the default's [REJ] decision
 # fell to the prior (N-acc 0.18, T-acc 0.91; stage 2 on the same stages 0-1): the LLM does not
 # look the named object up among its image tokens. The presence head (two supervised noun heads
