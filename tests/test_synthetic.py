@@ -114,6 +114,17 @@ def test_multi_and_absent_expressions():
       assert _resolve(scene, text) == []
 
 
+def test_absent_forms_match_parsing():
+  """The forms _gres buckets absent expressions by are built, not parsed: they must agree with
+  expression_form on every absent expression."""
+  seen = set()
+  for seed in range(40):
+    for text, form in sy._absent_with_forms(sy.make_scene(seed, 128)):
+      assert form == sy.expression_form(text), text
+      seen.add(form)
+  assert {kind for kind, _ in seen} == {'attribute', 'superlative', 'all', 'relational'}
+
+
 def _wording(text):
   """The wording of an expression with its colour and shape words replaced by placeholders."""
   words = [('C' if w in sy.COLOURS else 'S' if w.rstrip('s') in sy.SHAPES else w)

@@ -146,9 +146,8 @@ def make_scene(seed_or_rng, size: int = 256, max_tries: int = 50) -> Scene:
         break
   visible = [m & ~np.any(full[k + 1:], axis=0) if k + 1 < len(full) else m
              for k, m in enumerate(full)]
-  for (_, colour, _, _), mask in zip(drawn, full):
-    tint = np.asarray(COLOURS[colour], np.float32) + rng.integers(-15, 16, size=3)
-    image = np.where(mask[..., None], tint, image)
+  for (_, colour, _, _), mask in zip(drawn, full):  # integer values: float32 holds them exactly
+    image[mask] = np.asarray(COLOURS[colour], np.float32) + rng.integers(-15, 16, size=3)
   image = image + rng.normal(0, 6, image.shape)
   objects = tuple(Obj(s, c, r, ctr, m) for (s, c, r, ctr), m in zip(drawn, visible))
   return Scene(np.clip(np.round(image), 0, 255).astype(np.uint8), objects)
@@ -249,19 +248,28 @@ def absent_expressions(scene: Scene) -> list[str]:
   """Every expression of the forms that denote objects (attribute, superlative, `all`,
   relational) that denotes none here: its noun matches no object, or (relational) no object of
   it lies clearly on that side of a unique anchor."""
+  return [text for text, _ in _absent_with_forms(scene)]
+
+
+def _absent_with_forms(scene: Scene) -> list[tuple[str, tuple[str, str]]]:
+  """absent_expressions with each one's expression_form, known from how it is built (parsing
+  every one back was a third of a GRES sample's generation time)."""
   nouns = [(c, s) for c in (None, *COLOURS) for s in (None, *SHAPES) if c or s]
   out = []
   for c, s in nouns:
     if not _matches(scene, c, s):
-      out += [f'the {_noun(c, s)}', f'the largest {_noun(c, s)}',
-              f'the smallest {_noun(c, s)}', f'all {_noun(c, s, plural=True)}']
+      named = ('c' if c else '') + ('s' if s else '')
+      out += [(f'the {_noun(c, s)}', ('attribute', named)),
+              (f'the largest {_noun(c, s)}', ('superlative', named)),
+              (f'the smallest {_noun(c, s)}', ('superlative', named)),
+              (f'all {_noun(c, s, plural=True)}', ('all', named))]
   full = {(c, s): _matches(scene, c, s) for c, s in nouns if c and s}
   for ((c, s), cands), ((c2, s2), anchors) in itertools.product(full.items(), full.items()):
     if len(anchors) != 1 or anchors[0] in cands:
       continue
     for rel in RELATIONS:
       if all(relation(scene, i, anchors[0], rel) is False for i in cands):
-        out.append(f'the {_noun(c, s)} {rel} the {_noun(c2, s2)}')
+        out.append((f'the {_noun(c, s)} {rel} the {_noun(c2, s2)}', ('relational', 'cs')))
   return out
 
 
@@ -333,10 +341,11 @@ def _referring(scene, rng, opts):
 def _gres(scene, rng, opts):
   singles = [(t, [i]) for pool in referring_expressions(scene).values() for t, i in pool]
   present = singles + multi_target_expressions(scene)
-  every_absent = absent_expressions(scene)
+  with_forms = _absent_with_forms(scene)
+  every_absent = [text for text, _ in with_forms]
   absent = {}
-  for text in every_absent:
-    absent.setdefault(expression_form(text), []).append(text)
+  for text, form in with_forms:
+    absent.setdefault(form, []).append(text)
 
   def absent_like(text):
     """An absent expression of the form of `text`, so that the wording alone (the leak fixed in
