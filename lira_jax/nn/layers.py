@@ -258,8 +258,18 @@ def stacked(make_layer, num_layers: int, rngs: nnx.Rngs):
   return make(rngs.split(num_layers))
 
 
+# Stacks this short are unrolled: a scan's while loop slices every layer's parameters out of the
+# stack and writes every gradient back into it dynamically, which on 2 CPU cores cost the tiny
+# default (3-layer LLM, 1-2-block ConvNeXt stages, 1-layer pixel decoder) 12-15 % of its train
+# step (stage 2: 0.219 -> 0.185 s; stage 0: 0.202 -> 0.178 s, with the one-micro-batch
+# accumulation unrolled too). Real-size stacks (24-layer LLMs and ViTs, the 27-block ConvNeXt-L
+# stage) keep the loop, for compile time.
+MAX_UNROLLED_LAYERS = 4
+
+
 def scan_layers(layers: nnx.Module, body, carry, xs=None, remat_policy: str | None = None):
-  """Runs `body(layer, carry, x) -> (carry, y)` over stacked layers with lax.scan.
+  """Runs `body(layer, carry, x) -> (carry, y)` over stacked layers with lax.scan (unrolled for
+  at most MAX_UNROLLED_LAYERS layers).
 
   remat_policy: None (no rematerialisation) or a name in jax.checkpoint_policies.
   """
@@ -274,6 +284,8 @@ def scan_layers(layers: nnx.Module, body, carry, xs=None, remat_policy: str | No
 
   if remat_policy:
     step = jax.checkpoint(step, policy=getattr(jax.checkpoint_policies, remat_policy))
-  carry, (ys, rng_state) = jax.lax.scan(step, carry, (state, xs))
+  num_layers = jax.tree.leaves(state)[0].shape[0]
+  carry, (ys, rng_state) = jax.lax.scan(step, carry, (state, xs),
+                                        unroll=num_layers <= MAX_UNROLLED_LAYERS)
   nnx.update(layers, rng_state)
   return carry, ys
