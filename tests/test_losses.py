@@ -85,6 +85,22 @@ def test_point_sample_matches_grid_sample(h, w):
                                rtol=0, atol=1e-6 * max(1.0, np.abs(maps).max() / 4))
 
 
+@pytest.mark.parametrize('h,w', [(32, 32), (37, 53)])
+def test_point_sample_gradient_matches_grid_sample(h, w):
+  """point_sample's own VJP against PyTorch autograd of grid_sample (points partly off the map)."""
+  rng = np.random.default_rng(h + w)
+  maps = rng.normal(0, 3, (3, h, w)).astype(np.float32)
+  points = (rng.random((3, 700, 2)) * 1.1 - 0.05).astype(np.float32)
+  cot = rng.normal(0, 1, (3, 700)).astype(np.float32)
+  grad = jax.jit(jax.grad(lambda m: jnp.sum(losses.point_sample(m, jnp.asarray(points)) * cot)))(
+      jnp.asarray(maps))
+  ref_maps = torch.tensor(maps, requires_grad=True)
+  grid = torch.tensor(points) * 2.0 - 1.0
+  out = F.grid_sample(ref_maps[:, None], grid[:, :, None], align_corners=False)[:, 0, :, 0]
+  (out * torch.tensor(cot)).sum().backward()
+  np.testing.assert_allclose(np.asarray(grad), ref_maps.grad.numpy(), rtol=0, atol=1e-5)
+
+
 def test_most_uncertain_selects_the_top_set():
   rng = np.random.default_rng(2)
   # |logit| grows away from the curve y = x², so uncertainty ranks points by distance to it.
