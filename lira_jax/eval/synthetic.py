@@ -11,7 +11,9 @@ RES uses samples 0..num_res-1 of the split, GRES samples num_res..num_res+num_gr
 """
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -25,17 +27,17 @@ from lira_jax.train.loop import log_line, put_batch
 GT_COLOUR, PRED_COLOUR = (40, 230, 60), (255, 40, 200)
 
 
-def _samples(cfg, task: str, start: int, count: int) -> list[synthetic.Sample]:
+def _samples(cfg, task: str, start: int, count: int) -> Iterator[synthetic.Sample]:
   d = cfg.data
-  return [synthetic.make_sample(cfg.eval.split, i, task=task, size=d.image_size,
+  return (synthetic.make_sample(cfg.eval.split, i, task=task, size=d.image_size,
                                 max_targets=d.max_targets, world_seed=d.world_seed)
-          for i in range(start, start + count)]
+          for i in range(start, start + count))
 
 
 def _batches(cfg, tokenizer, samples, batch_size):
   """(host batch, samples in it); the last batch is padded by repeating its first sample."""
-  for i in range(0, len(samples), batch_size):
-    chunk = samples[i:i + batch_size]
+  samples = iter(samples)
+  while chunk := list(itertools.islice(samples, batch_size)):
     elements = [synthetic.encode_sample(s, tokenizer, cfg, ilvc=cfg.data.ilvc) for s in chunk]
     elements += [elements[0]] * (batch_size - len(elements))
     yield encode.collate(elements), chunk
@@ -83,40 +85,52 @@ def evaluate(cfg, graphdef, states, tokenizer, mesh, *, overlay_dir: str | None 
   right_by_kind = {}  # kind -> [right, targets]
   if overlay_dir:
     os.makedirs(overlay_dir, exist_ok=True)
+  def score(task, n, out, batch, chunk):
+    nonlocal res_targets
+    out = jax.device_get(out)
+    rows = np.arange(len(batch['ids'])) < len(chunk)
+    has = out['has_slot'] & rows[:, None]
+    if task == 'referring':
+      first = np.zeros_like(has)
+      first[:, 0] = has[:, 0]
+      acc.add_res(out, first)
+      for j, s in enumerate(chunk):
+        if not first[j, 0]:
+          continue
+        (target,) = s.targets[0]
+        res_targets += 1
+        kind = synthetic.expression_kind(s.expressions[0])
+        right = picked_object(out['masks'][j, 0], s.scene.objects) == target
+        if right:
+          right_ious.append(out['inter'][j, 0] / max(out['union'][j, 0], 1.0))
+        tally = right_by_kind.setdefault(kind, [0, 0])
+        tally[0], tally[1] = tally[0] + right, tally[1] + 1
+        colour = 'shared' if synthetic.shares_colour(s.scene, target) else 'unique'
+        for case in (kind, f'{colour}_colour'):
+          by_case.setdefault(case, seg_metrics.ResMeter()).add(out['inter'][j, :1],
+                                                               out['union'][j, :1])
+    else:
+      gt_empty = batch['gt_masks'].reshape(*has.shape, -1).max(-1) == 0
+      acc.add_gres(out, has, gt_empty)
+    if task == 'referring' and overlay_dir and n == 0:  # the first batch's samples
+      for j, s in enumerate(chunk[:e.num_overlays]):
+        iou = out['inter'][j, 0] / max(out['union'][j, 0], 1.0)
+        overlay(s.scene.image, out['masks'][j, 0], batch['gt_masks'][j, 0] > 0.5,
+                f'{s.expressions[0]}  IoU {iou:.2f}').save(
+                    os.path.join(overlay_dir, f'res_{j:02d}.png'))
+
+  # One batch in flight: the host draws, encodes and scores batches while the device runs the
+  # next one (dispatch is asynchronous; device_get in `score` waits).
+  pending = None
   for task, start, count in (('referring', 0, e.num_res), ('gres', e.num_res, e.num_gres)):
-    batches = _batches(cfg, tokenizer, _samples(cfg, task, start, count), e.batch_size)
-    for n, (batch, chunk) in enumerate(batches):
-      out = jax.device_get(predict(states, put_batch(batch, mesh)))
-      rows = np.arange(len(batch['ids'])) < len(chunk)
-      has = out['has_slot'] & rows[:, None]
-      if task == 'referring':
-        first = np.zeros_like(has)
-        first[:, 0] = has[:, 0]
-        acc.add_res(out, first)
-        for j, s in enumerate(chunk):
-          if not first[j, 0]:
-            continue
-          (target,) = s.targets[0]
-          res_targets += 1
-          kind = synthetic.expression_kind(s.expressions[0])
-          right = picked_object(out['masks'][j, 0], s.scene.objects) == target
-          if right:
-            right_ious.append(out['inter'][j, 0] / max(out['union'][j, 0], 1.0))
-          tally = right_by_kind.setdefault(kind, [0, 0])
-          tally[0], tally[1] = tally[0] + right, tally[1] + 1
-          colour = 'shared' if synthetic.shares_colour(s.scene, target) else 'unique'
-          for case in (kind, f'{colour}_colour'):
-            by_case.setdefault(case, seg_metrics.ResMeter()).add(out['inter'][j, :1],
-                                                                 out['union'][j, :1])
-      else:
-        gt_empty = batch['gt_masks'].reshape(*has.shape, -1).max(-1) == 0
-        acc.add_gres(out, has, gt_empty)
-      if task == 'referring' and overlay_dir and n == 0:  # the first batch's samples
-        for j, s in enumerate(chunk[:e.num_overlays]):
-          iou = out['inter'][j, 0] / max(out['union'][j, 0], 1.0)
-          overlay(s.scene.image, out['masks'][j, 0], batch['gt_masks'][j, 0] > 0.5,
-                  f'{s.expressions[0]}  IoU {iou:.2f}').save(
-                      os.path.join(overlay_dir, f'res_{j:02d}.png'))
+    for n, (batch, chunk) in enumerate(_batches(cfg, tokenizer, _samples(cfg, task, start, count),
+                                                e.batch_size)):
+      out = predict(states, put_batch(batch, mesh))
+      if pending:
+        score(*pending)
+      pending = (task, n, out, batch, chunk)
+  if pending:
+    score(*pending)
   result = acc.metrics()
   result.update({f'res_ciou_{case}': m.metrics()['ciou'] for case, m in sorted(by_case.items())})
   result.update(res_right_object=len(right_ious) / max(res_targets, 1),
