@@ -10,28 +10,26 @@ from launch import train
 from lira_jax.data import synthetic as sy
 from lira_jax.eval import synthetic as es, teacher_forced as tf
 
-records = []
+chunks, decisions = [], []  # GRES batches in order; evaluation scores them in the same order
 _batches, _add = es._batches, tf.Accumulator.add_gres
 
 
 def batches(cfg, tokenizer, samples, batch_size):
   for batch, chunk in _batches(cfg, tokenizer, samples, batch_size):
-    records.append(chunk)
+    if chunk[0].task == 'gres':
+      chunks.append(chunk)
     yield batch, chunk
 
 
 def add_gres(self, out, counted, gt_empty):
-  records.append((np.asarray(out['reject']), counted, gt_empty))
+  decisions.append((np.asarray(out['reject']), counted, gt_empty))
   return _add(self, out, counted, gt_empty)
 
 
 es._batches, tf.Accumulator.add_gres = batches, add_gres
 train.run('configs/tiny_synthetic.py', sys.argv[1], [2])
 table = collections.defaultdict(lambda: [0, 0])  # (form, absent) -> [rejected, count]
-for chunk, nxt in zip(records, records[1:]):
-  if not isinstance(chunk, list) or not isinstance(nxt, tuple) or chunk[0].task != 'gres':
-    continue
-  reject, counted, gt_empty = nxt
+for chunk, (reject, counted, gt_empty) in zip(chunks, decisions, strict=True):
   for j, s in enumerate(chunk):
     for k, text in enumerate(s.expressions):
       if counted[j, k]:

@@ -15,7 +15,7 @@ from lira_jax import rej
 from lira_jax.data import synthetic as sy
 from lira_jax.eval import synthetic as es, teacher_forced as tf
 
-records = []
+chunks, outputs = [], []  # RES batches in order; evaluation scores them in the same order
 _orig_predict, _batches = tf.predict, es._batches
 
 
@@ -34,7 +34,8 @@ def predict(model, batch, seg_id, rej_id):
 
 def batches(cfg, tokenizer, samples, batch_size):
   for batch, chunk in _batches(cfg, tokenizer, samples, batch_size):
-    records.append(chunk)
+    if chunk[0].task == 'referring':
+      chunks.append(chunk)
     yield batch, chunk
 
 
@@ -42,7 +43,7 @@ _add = tf.Accumulator.add_res
 
 
 def add_res(self, out, counted):
-  records.append(out)
+  outputs.append(out)
   return _add(self, out, counted)
 
 
@@ -51,9 +52,7 @@ overrides = [f'eval.num_res={sys.argv[2]}', 'eval.num_gres=8'] if len(sys.argv) 
 train.run('configs/tiny_synthetic.py', sys.argv[1], [2], overrides=overrides)
 
 table = collections.defaultdict(collections.Counter)
-for chunk, out in zip(records, records[1:]):
-  if not isinstance(chunk, list) or not isinstance(out, dict) or chunk[0].task != 'referring':
-    continue
+for chunk, out in zip(chunks, outputs, strict=True):
   for j, s in enumerate(chunk):
     (target,), text = s.targets[0], s.expressions[0]
     kind = sy.expression_kind(text)
