@@ -92,11 +92,13 @@ from lira_jax.data import synthetic_panoptic
 # point_sample's own VJP, the depthwise kernel gradient; README "Session 24") bought the time
 # back. From fresh clones: 2000 / 200 / 1600 with 12 masks, RES cIoU 0.720, N-acc 0.823, but
 # 15 min 25 s (before the last three speed-ups); 2000 / 100 / 1550 with 12 masks, 14 min 28 s,
-# RES 0.697, N-acc 0.891. So 2000 / 100 / 1600 with 12 masks.
+# RES 0.697, N-acc 0.891 (0.710 / 0.887 with NOUN_WEIGHT 4); 2000 / 100 / 1600 with NOUN_WEIGHT
+# 4, 15 min 06 s, RES 0.705, N-acc 0.867: compiling alone varied by 25 s between those runs.
+# So 2000 / 100 / 1550 with 12 masks.
 STAGE_OPTIM = {
     0: dict(lr=2e-3, steps=2000),
     1: dict(lr=2e-3, steps=100),
-    2: dict(lr=1e-3, steps=1600),
+    2: dict(lr=1e-3, steps=1550),
 }
 # `internvl0`: a stand-in for InternVL's own pre-training, beside the pixel path's in stage 0.
 # Measured (session 9, one run each; README "The main job"): trained alone on this mix for 2000
