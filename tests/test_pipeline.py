@@ -7,7 +7,7 @@ import pytest
 
 import lira_jax  # noqa: F401
 from configs.common import stage_config
-from lira_jax.data import encode, pipeline, synthetic
+from lira_jax.data import encode, pipeline, synthetic, synthetic_panoptic
 from lira_jax.data.synthetic_tokenizer import world_tokenizer
 
 CFG = stage_config('configs/tiny_synthetic.py:smoke', 2)
@@ -19,7 +19,10 @@ def _element(index):
   d = CFG.data
   s = synthetic.make_sample('train', index, size=d.image_size, max_targets=d.max_targets,
                             world_seed=d.world_seed, task_weights=dict(d.task_weights))
-  return synthetic.encode_sample(s, TOK, CFG, ilvc=d.ilvc)
+  element = synthetic.encode_sample(s, TOK, CFG, ilvc=d.ilvc)
+  if d.object_labels:  # stage 2 with the region classifier: every object of the scene
+    element.update(synthetic_panoptic.panoptic_targets(s.scene, CFG))
+  return element
 
 
 def _assert_batches_equal(a, b):
