@@ -85,7 +85,9 @@ def evaluate(cfg, graphdef, states, tokenizer, mesh, *, overlay_dir: str | None 
   right_by_kind = {}  # kind -> [right, targets]
   if overlay_dir:
     os.makedirs(overlay_dir, exist_ok=True)
+
   def score(task, n, out, batch, chunk):
+    """Adds one batch's predictions (fetched from the device here) to the metrics."""
     nonlocal res_targets
     out = jax.device_get(out)
     rows = np.arange(len(batch['ids'])) < len(chunk)
