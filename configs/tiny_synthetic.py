@@ -177,6 +177,11 @@ REGION_WEIGHT = 1.0
 # and 0.576 on 1000; its two seeds differ by 0.027 on 1000. 1000 + 1000 take 39 s alone (200 +
 # 200: 17-20 s).
 EVAL_EXPRESSIONS = 1000
+# Session 25: GCG val samples whose grounded phrases are scored (teacher-forced,
+# lira_jax/eval/region_naming.py), where ILVC shows: on the default, 35 % of the phrases come out
+# whole (the colour word always, the shape word 35 %); with ILVC off (stages 1-2 on the default's
+# stage 0) 5 % (colour 36 %). 200 samples (400 phrases) add ~3 s to the evaluation.
+EVAL_GCG = 200
 
 
 def get_config(arg=None):
@@ -257,7 +262,8 @@ def get_config(arg=None):
       checkpoint_every=2 if smoke else 500, keep_checkpoints=2))
   c.eval = ml_collections.ConfigDict(dict(
       split='val', num_res=8 if smoke else EVAL_EXPRESSIONS,
-      num_gres=8 if smoke else EVAL_EXPRESSIONS, batch_size=8,
+      num_gres=8 if smoke else EVAL_EXPRESSIONS, num_gcg=8 if smoke else EVAL_GCG,
+      gcg_own_regions=False, batch_size=8,
       num_overlays=2 if smoke else 8))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   return c

@@ -9,15 +9,17 @@ import numpy as np
 
 from launch import train
 from lira_jax.eval import teacher_forced as tf
+from lira_jax.sequence import first_slot_per_target
 
 margins = []
 _orig, _add = tf.predict, tf.Accumulator.add_gres
 
 
-def predict(model, batch, seg_id, rej_id):
-  res = _orig(model, batch, seg_id, rej_id)
+def predict(model, batch, tokens):
+  seg_id, rej_id = tokens['seg'], tokens['rej']
+  res = _orig(model, batch, tokens)
   out = model(batch)
-  slot, _ = tf._first_slot_per_target(out.plan, res['has_slot'].shape[1])
+  slot, _ = first_slot_per_target(out.plan, res['has_slot'].shape[1])
   pos = jnp.maximum(jnp.take_along_axis(out.plan.seg_index, slot, axis=1) - 1, 0)
   logits = jnp.take_along_axis(out.logits, pos[..., None], axis=1)
   res['margin'] = logits[..., rej_id] - logits[..., seg_id]

@@ -14,16 +14,18 @@ from launch import train
 from lira_jax import rej
 from lira_jax.data import synthetic as sy
 from lira_jax.eval import synthetic as es, teacher_forced as tf
+from lira_jax.sequence import first_slot_per_target
 
 chunks, outputs = [], []  # RES batches in order; evaluation scores them in the same order
 _orig_predict, _batches = tf.predict, es._batches
 
 
-def predict(model, batch, seg_id, rej_id):
-  res = _orig_predict(model, batch, seg_id, rej_id)
+def predict(model, batch, tokens):
+  seg_id, rej_id = tokens['seg'], tokens['rej']
+  res = _orig_predict(model, batch, tokens)
   out = model(dict(batch, ids=rej.reeval_ids(batch['ids'], seg_id, rej_id)))
   b, k = res['has_slot'].shape
-  slot, _ = tf._first_slot_per_target(out.plan, k)
+  slot, _ = first_slot_per_target(out.plan, k)
   scores = out.seg_select_scores.reshape(b, -1, out.seg_select_scores.shape[-1])
   gate = out.seg_gate.reshape(b, -1)
   res['scores'] = jnp.take_along_axis(scores, slot[:, :, None], axis=1)[:, 0]

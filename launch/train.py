@@ -34,7 +34,8 @@ from lira_jax.train.compile_ahead import StageCompilation
 from lira_jax.train.loop import stage_dir, stage_finished, train_stage
 
 DEFAULT_CONFIG = 'configs/tiny_synthetic.py'
-TABLE_KEYS = ('res_ciou', 'res_giou', 'gres_ciou', 'gres_giou', 'gres_nacc', 'gres_tacc')
+TABLE_KEYS = ('res_ciou', 'res_giou', 'gres_ciou', 'gres_giou', 'gres_nacc', 'gres_tacc',
+              'gcg_phrase_acc')
 
 
 def print_table(result: dict) -> None:

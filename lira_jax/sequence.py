@@ -126,6 +126,16 @@ class SequencePlan(NamedTuple):
   num_seg: jax.Array
 
 
+def first_slot_per_target(plan: SequencePlan, num_targets: int) -> tuple[jax.Array, jax.Array]:
+  """The first [SEG]/[REJ] slot of each target k < K (the pre-ILVC one, whose mask is LIRA's
+  output): (slot index into M i32[B, K], target has a slot bool[B, K])."""
+  m = plan.seg_target.shape[1]
+  hit = (plan.seg_target[:, None, :] == jnp.arange(num_targets)[None, :, None]) & (
+      plan.seg_valid[:, None, :])  # [B, K, M]
+  first = jnp.argmax(hit, axis=-1)
+  return jnp.minimum(first, m - 1), hit.any(-1)
+
+
 def _scatter(size: int, slot: jax.Array, values: jax.Array, fill) -> jax.Array:
   """out[slot[i]] = values[i] for in-range slots (slots >= size are dropped)."""
   out = jnp.full((size,), fill, values.dtype)

@@ -7,7 +7,12 @@ res_right_object separates choosing from drawing: the fraction of RES targets wh
 overlaps the target best among the scene's objects (by IoU; also by kind,
 res_right_object_<kind>), and res_iou_if_right the mean IoU of those.
 
-RES uses samples 0..num_res-1 of the split, GRES samples num_res..num_res+num_gres-1.
+gcg_phrase_acc is the teacher-forced GCG phrase accuracy (lira_jax.eval.region_naming: every
+grounded phrase named right after its [SEG], with the GT local image under ILVC), the quantity
+ILVC is for; with cfg.eval.gcg_own_regions also gcg_phrase_acc_own_regions, with the local images
+of the model's own first-[SEG] masks (a second program and pass).
+
+RES uses samples 0..num_res-1 of the split, GRES the next num_gres, GCG the next num_gcg.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from lira_jax.data import encode, synthetic
-from lira_jax.eval import seg_metrics, teacher_forced
+from lira_jax.eval import region_naming, seg_metrics, teacher_forced
 from lira_jax.train import sharded_step
 from lira_jax.train.loop import log_line, put_batch
 
@@ -34,11 +39,16 @@ def _samples(cfg, task: str, start: int, count: int) -> Iterator[synthetic.Sampl
           for i in range(start, start + count))
 
 
-def _batches(cfg, tokenizer, samples, batch_size):
-  """(host batch, samples in it); the last batch is padded by repeating its first sample."""
+def _batches(cfg, tokenizer, samples, batch_size, *, with_image: bool = False):
+  """(host batch, samples in it); the last batch is padded by repeating its first sample.
+  with_image: the batch also holds the scenes' images u8[B, H, W, 3] and image_hw i32[B, 2]."""
   samples = iter(samples)
   while chunk := list(itertools.islice(samples, batch_size)):
     elements = [synthetic.encode_sample(s, tokenizer, cfg, ilvc=cfg.data.ilvc) for s in chunk]
+    if with_image:
+      elements = [dict(e, image=s.scene.image, image_hw=np.asarray(s.scene.image.shape[:2],
+                                                                  np.int32))
+                  for e, s in zip(elements, chunk)]
     elements += [elements[0]] * (batch_size - len(elements))
     yield encode.collate(elements), chunk
 
@@ -63,36 +73,54 @@ def picked_object(pred: np.ndarray, objects) -> int:
   return int(np.argmax(ious)) if max(ious, default=0) > 0 else -1
 
 
+def _run_in_flight(predict, states, batches, mesh, score) -> None:
+  """score(out, batch, tag) for each (batch, tag) of `batches`, keeping one batch in flight: the
+  host draws, encodes and scores batches while the device runs the next one (dispatch is
+  asynchronous; score's device_get waits)."""
+  pending = None
+  for batch, tag in batches:
+    out = predict(states, put_batch(batch, mesh))
+    if pending:
+      score(*pending)
+    pending = (out, batch, tag)
+  if pending:
+    score(*pending)
+
+
 def compile_predict(cfg, graphdef, abstract_states, tokenizer, mesh):
   """evaluate's predict(states, batch) compiled for cfg's eval batches, from the states' shapes
   and shardings alone (abstract_states: ShapeDtypeStructs), so that it can compile while the
   model still trains (launch/train.py)."""
-  fn = teacher_forced.make_predict_fn(graphdef, int(cfg.tokens.seg), int(cfg.tokens.rej))
+  fn = teacher_forced.make_predict_fn(graphdef, cfg.tokens)
   batch, _ = next(_batches(cfg, tokenizer, _samples(cfg, 'referring', 0, 1), cfg.eval.batch_size))
   return fn.lower(abstract_states, sharded_step.abstract_host_batch(batch, mesh)).compile()
 
 
 def evaluate(cfg, graphdef, states, tokenizer, mesh, *, overlay_dir: str | None = None,
              predict=None, log=log_line) -> dict[str, float]:
-  """RES cIoU / gIoU and GRES cIoU / gIoU / N-acc / T-acc on cfg.eval.split; writes
+  """RES cIoU / gIoU, GRES cIoU / gIoU / N-acc / T-acc and (cfg.eval.num_gcg samples) GCG phrase
+  accuracy on cfg.eval.split; writes
   PNG overlays of up to cfg.eval.num_overlays RES samples (of the first batch) to overlay_dir.
   predict: compile_predict's function, else jitted here."""
   e = cfg.eval
-  t = cfg.tokens
-  predict = predict or teacher_forced.make_predict_fn(graphdef, int(t.seg), int(t.rej))
+  predict = predict or teacher_forced.make_predict_fn(graphdef, cfg.tokens)
   acc = teacher_forced.Accumulator()
+  phrases = dict(right=0, valid=0)
   by_case, right_ious, res_targets = {}, [], 0
   right_by_kind = {}  # kind -> [right, targets]
   if overlay_dir:
     os.makedirs(overlay_dir, exist_ok=True)
 
-  def score(task, n, out, batch, chunk):
+  def score(out, batch, tagged_chunk):
     """Adds one batch's predictions (fetched from the device here) to the metrics."""
     nonlocal res_targets
+    task, n, chunk = tagged_chunk
     out = jax.device_get(out)
     rows = np.arange(len(batch['ids'])) < len(chunk)
     has = out['has_slot'] & rows[:, None]
-    if task == 'referring':
+    if task == 'gcg':
+      _count_phrases(phrases, out['phrase_right'], out['phrase_valid'] & rows[:, None])
+    elif task == 'referring':
       first = np.zeros_like(has)
       first[:, 0] = has[:, 0]
       acc.add_res(out, first)
@@ -121,19 +149,23 @@ def evaluate(cfg, graphdef, states, tokenizer, mesh, *, overlay_dir: str | None 
                 f'{s.expressions[0]}  IoU {iou:.2f}').save(
                     os.path.join(overlay_dir, f'res_{j:02d}.png'))
 
-  # One batch in flight: the host draws, encodes and scores batches while the device runs the
-  # next one (dispatch is asynchronous; device_get in `score` waits).
-  pending = None
-  for task, start, count in (('referring', 0, e.num_res), ('gres', e.num_res, e.num_gres)):
-    for n, (batch, chunk) in enumerate(_batches(cfg, tokenizer, _samples(cfg, task, start, count),
-                                                e.batch_size)):
-      out = predict(states, put_batch(batch, mesh))
-      if pending:
-        score(*pending)
-      pending = (task, n, out, batch, chunk)
-  if pending:
-    score(*pending)
+  gcg_start = e.num_res + e.num_gres
+
+  def tagged_batches():
+    for task, start, count in (('referring', 0, e.num_res), ('gres', e.num_res, e.num_gres),
+                               ('gcg', gcg_start, e.get('num_gcg', 0))):
+      for n, (batch, chunk) in enumerate(
+          _batches(cfg, tokenizer, _samples(cfg, task, start, count), e.batch_size)):
+        yield batch, (task, n, chunk)
+
+  _run_in_flight(predict, states, tagged_batches(), mesh, score)
   result = acc.metrics()
+  if phrases['valid']:
+    result.update(gcg_phrase_acc=phrases['right'] / phrases['valid'],
+                  gcg_phrases=phrases['valid'])
+  if phrases['valid'] and e.get('gcg_own_regions'):
+    result['gcg_phrase_acc_own_regions'] = _own_region_phrase_accuracy(
+        cfg, graphdef, states, tokenizer, mesh, gcg_start, e.num_gcg)
   result.update({f'res_ciou_{case}': m.metrics()['ciou'] for case, m in sorted(by_case.items())})
   result.update(res_right_object=len(right_ious) / max(res_targets, 1),
                 res_iou_if_right=float(np.mean(right_ious)) if right_ious else 0.0)
@@ -141,3 +173,25 @@ def evaluate(cfg, graphdef, states, tokenizer, mesh, *, overlay_dir: str | None 
                  for kind, (right, n) in sorted(right_by_kind.items())})
   log('  evaluated ' + ', '.join(f'{k} {v:.4g}' for k, v in result.items()))
   return result
+
+
+def _count_phrases(phrases: dict, right: np.ndarray, counted: np.ndarray) -> None:
+  phrases['right'] += int(np.sum(right & counted))
+  phrases['valid'] += int(np.sum(counted))
+
+
+def _own_region_phrase_accuracy(cfg, graphdef, states, tokenizer, mesh, start: int,
+                                count: int) -> float:
+  """GCG phrase accuracy over samples start..start+count-1 with the local images of the
+  model's own first-[SEG] masks (region_naming.own_region_hits)."""
+  predict = region_naming.make_own_region_fn(graphdef, cfg.tokens)
+  phrases = dict(right=0, valid=0)
+
+  def score(out, batch, chunk):
+    out = jax.device_get(out)
+    rows = np.arange(len(batch['ids'])) < len(chunk)
+    _count_phrases(phrases, out['right'], out['valid'] & rows[:, None])
+
+  _run_in_flight(predict, states, _batches(cfg, tokenizer, _samples(cfg, 'gcg', start, count),
+                                           cfg.eval.batch_size, with_image=True), mesh, score)
+  return phrases['right'] / max(phrases['valid'], 1)

@@ -6,11 +6,15 @@ that target (LIRA's RES rule: the pre-ILVC [SEG]; its hidden state sees nothing 
 after it, so teacher forcing changes nothing for it), from the last prediction step, bilinearly
 upsampled to the GT side and thresholded at logit 0 (sigmoid 0.5). "No target" is predicted when
 the token before the slot is not argmax [SEG] (GSVA's teacher-forced rule, lira_jax.rej); the
-mask of a [REJ] slot comes from a second pass with every [REJ] replaced by [SEG].
+mask of a [REJ] slot comes from a second pass with every [REJ] replaced by [SEG]. The same pass
+scores the grounded phrases of the answer (lira_jax.eval.region_naming.phrase_hits; GCG).
 
-Axis letters: B batch, K targets per sample (cfg.seq.max_seg), M [SEG]/[REJ] slots, S GT side.
+Axis letters: B batch, K targets per sample (cfg.seq.max_seg), M [SEG]/[REJ] slots, S GT side,
+R phrases (cfg.seq.max_regions).
 """
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -18,27 +22,23 @@ import numpy as np
 from flax import nnx
 
 from lira_jax import rej
-from lira_jax.eval import seg_metrics
+from lira_jax.eval import region_naming, seg_metrics
 from lira_jax.nn.resize import resize_bilinear
+from lira_jax.sequence import first_slot_per_target
 
 
-def _first_slot_per_target(plan, num_targets: int) -> tuple[jax.Array, jax.Array]:
-  """(slot index into M i32[B, K], target has a slot bool[B, K])."""
-  m = plan.seg_target.shape[1]
-  hit = (plan.seg_target[:, None, :] == jnp.arange(num_targets)[None, :, None]) & (
-      plan.seg_valid[:, None, :])  # [B, K, M]
-  first = jnp.argmax(hit, axis=-1)
-  return jnp.minimum(first, m - 1), hit.any(-1)
-
-
-def predict(model, batch: dict, seg_id: int, rej_id: int) -> dict[str, jax.Array]:
+def predict(model, batch: dict, tokens: Mapping[str, int]) -> dict[str, jax.Array]:
   """Per target k of each sample: masks bool[B, K, S, S], reject bool[B, K] (predicted no
   target), has_slot bool[B, K] (the answer holds target k), inter / union f32[B, K] pixel counts
-  against batch['gt_masks'] f32[B, K, S, S]."""
+  against batch['gt_masks'] f32[B, K, S, S]; per phrase r: phrase_right / phrase_valid
+  bool[B, R]. tokens: the ids of seg, rej, p_start, p_end (cfg.tokens)."""
+  seg_id, rej_id = int(tokens['seg']), int(tokens['rej'])
   gt = batch['gt_masks'] > 0.5
   b, k, side = gt.shape[0], gt.shape[1], gt.shape[-1]
   first = model(batch)
-  slot, has_slot = _first_slot_per_target(first.plan, k)
+  phrase_right, phrase_valid = region_naming.phrase_hits(
+      first.logits, first.plan.labels, tokens, batch['regions'].shape[1])
+  slot, has_slot = first_slot_per_target(first.plan, k)
   pred_ids = jnp.argmax(first.logits, axis=-1)
   reject_per_slot = rej.teacher_forced_rejection(pred_ids, first.plan, seg_id, rej_id)
   reject = jnp.take_along_axis(reject_per_slot, slot, axis=1) & has_slot
@@ -58,15 +58,17 @@ def predict(model, batch: dict, seg_id: int, rej_id: int) -> dict[str, jax.Array
   masks = (resize_bilinear(logits, (side, side)) > 0) & has_slot[..., None, None]
   inter = jnp.sum(masks & gt, axis=(-2, -1)).astype(jnp.float32)
   union = jnp.sum(masks | gt, axis=(-2, -1)).astype(jnp.float32)
-  return dict(masks=masks, reject=reject, has_slot=has_slot, inter=inter, union=union)
+  return dict(masks=masks, reject=reject, has_slot=has_slot, inter=inter, union=union,
+              phrase_right=phrase_right, phrase_valid=phrase_valid)
 
 
-def make_predict_fn(graphdef: nnx.GraphDef, seg_id: int, rej_id: int):
-  """jit(params..., batch) -> predict(...), for the model nnx.merge(graphdef, *states)."""
+def make_predict_fn(graphdef: nnx.GraphDef, tokens: Mapping[str, int]):
+  """jit(states, batch) -> predict(...), for the model nnx.merge(graphdef, *states)."""
+  tokens = {key: int(tokens[key]) for key in ('seg', 'rej', 'p_start', 'p_end')}
 
   @jax.jit
   def fn(states, batch):
-    return predict(nnx.merge(graphdef, *states), batch, seg_id, rej_id)
+    return predict(nnx.merge(graphdef, *states), batch, tokens)
 
   return fn
 
