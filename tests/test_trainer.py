@@ -1,16 +1,22 @@
 """The sharded trainer on the tiny LIRA objective: 1 device and a (2, 2, 2) mesh of 8 simulated
 devices give the same losses and each step function traces once; a NaN batch skips the update
 bit-exactly; checkpoints restore bit-exactly (same next loss), resume from the latest step and
-keep the last N; metrics JSONL / tfevents files parse back."""
+keep the last N; metrics JSONL / tfevents files parse back; cfg.optim.lr_scale multiplies the
+updates of the params it names."""
 import jax
+import ml_collections
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 
 import lira_jax  # noqa: F401
 from configs import common
 from lira_jax import sharding
+from lira_jax.nn.layers import Linear
 from lira_jax.testing.lira_batch import make_batch
 from lira_jax.train import metrics, sharded_step
+from lira_jax.train import step as step_lib
 from lira_jax.train.checkpoint import Checkpointer
 from lira_jax.train.objective import lira_loss
 
@@ -147,3 +153,24 @@ def test_progress_line_reports_eta():
   assert progress.line(0) == 'step 0/100 [..........]   0%'
   line = progress.line(10, {'loss': 1.5})
   assert line == 'step 10/100 [#.........]  10% loss 1.5 | 1 s/step | ETA 01:30'
+
+
+def test_lr_scale_multiplies_the_matching_params_updates():
+  class Two(nnx.Module):
+    def __init__(self):
+      self.head = Linear(3, 2, axes=(None, None), rngs=nnx.Rngs(0))
+      self.region_classifier = nnx.List([Linear(3, 2, axes=(None, None), rngs=nnx.Rngs(1))])
+
+  params = nnx.state(Two(), nnx.Param)
+  grads = jax.tree.map(lambda p: np.full(p.shape, 0.1, np.float32), params)
+  optim = ml_collections.ConfigDict(dict(lr=1e-3, warmup_ratio=0.0, warmup_start_factor=1.0,
+                                         clip_norm=1.0, b1=0.9, b2=0.999, weight_decay=0.0))
+  plain, _ = step_lib.make_tx(ml_collections.ConfigDict(dict(optim=optim)), 10)
+  optim.lr_scale = ((r'^region_classifier\.', 5.0),)
+  scaled, _ = step_lib.make_tx(ml_collections.ConfigDict(dict(optim=optim)), 10)
+  base, _ = plain.update(grads, plain.init(params), params)
+  out, _ = scaled.update(grads, scaled.init(params), params)
+  ratio = jax.tree.map(lambda a, b: np.asarray(a) / np.asarray(b), out, base)
+  np.testing.assert_allclose(ratio['region_classifier'][0]['kernel'].value, 5.0, rtol=1e-6)
+  np.testing.assert_allclose(ratio['head']['kernel'].value, 1.0, rtol=1e-6)
+  assert optax.tree.norm(base) > 0

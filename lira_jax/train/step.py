@@ -3,6 +3,10 @@ its schedule, and a jitted loss-and-gradients for inspection (the train step its
 lira_jax.train.sharded_step)."""
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
+import jax
 import optax
 from flax import nnx
 
@@ -27,16 +31,42 @@ def add_lora(model: nnx.Module, cfg, rngs: nnx.Rngs) -> list[str]:
 def make_tx(cfg, total_steps: int, lr: float | None = None
             ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """AdamW (released betas / weight decay) after max-norm clipping, with linear warmup from
-  warmup_start_factor·lr then cosine to 0. Returns (transformation, learning-rate schedule)."""
+  warmup_start_factor·lr then cosine to 0, and the per-module multipliers of cfg.optim.lr_scale
+  (`scale_by_path`; none by default). Returns (transformation, learning-rate schedule)."""
   o = cfg.optim
   peak = o.lr if lr is None else lr
   warmup = max(1, int(total_steps * o.warmup_ratio))
   schedule = optax.join_schedules(
       [optax.linear_schedule(peak * o.warmup_start_factor, peak, warmup),
        optax.cosine_decay_schedule(peak, max(1, total_steps - warmup))], [warmup])
-  tx = optax.chain(optax.clip_by_global_norm(o.clip_norm),
-                   optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
-  return tx, schedule
+  parts = [optax.clip_by_global_norm(o.clip_norm),
+           optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)]
+  if o.get('lr_scale'):
+    parts.append(scale_by_path(o.lr_scale))
+  return optax.chain(*parts), schedule
+
+
+def _dotted(path) -> str:
+  """A pytree key path of an nnx State leaf -> the Param's dotted path ('llm.layers.0.kernel')."""
+  names = [str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k)))) for k in path]
+  return '.'.join(names[:-1] if names and names[-1] == 'value' else names)
+
+
+def scale_by_path(scales: Iterable[tuple[str, float]]) -> optax.GradientTransformation:
+  """Multiplies the update of each Param whose dotted path matches a regex of `scales` ((regex,
+  factor) pairs) by the factor of the first that matches: a per-module learning-rate
+  multiplier."""
+  rules = [(re.compile(pattern), float(factor)) for pattern, factor in scales]
+
+  def factor(path) -> float:
+    name = _dotted(path)
+    return next((f for regex, f in rules if regex.search(name)), 1.0)
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(lambda p, u: u * factor(p), updates), state
+
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
 def loss_and_grads(cfg):
