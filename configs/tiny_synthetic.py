@@ -177,7 +177,7 @@ REGION_WEIGHT = 1.0
 # it names the shape of 90.8 % of the val crops at lr 2e-3, 94.5 % at 5e-3, 95.5 % at 1e-2 (the
 # in-run classifier: 90.3 %); 24 channels instead of 16 reach 93.2 % at 2e-3 but cost 9 ms per
 # stage-0 step.
-REGION_LR_SCALE = 5.0
+REGION_LR_SCALE = 10.0
 # RES and GRES val samples each. Session 15: 200 left differences between variants smaller than
 # the measurement's own error. The session-13 default's checkpoint scores RES cIoU 0.547 on 200
 # and 0.576 on 1000; its two seeds differ by 0.027 on 1000. 1000 + 1000 take 39 s alone (200 +
