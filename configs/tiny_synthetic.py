@@ -162,6 +162,11 @@ REJ_PRESENCE = True
 # acefd59, 1550 steps): RES cIoU 0.710 against 0.697, GRES 0.714 against 0.681, N-acc 0.887
 # against 0.891, T-acc 0.979 against 0.973; one run each.
 NOUN_WEIGHT = 4.0
+# Session 25: each [REJ] decision's NLL counts twice in the text loss (loss.rej_token_weight; the
+# release: 1), a prior shift of log 2 towards "no target". Stage 2 on the stages 0-1 of a fresh
+# clone of 4a1dc2b: N-acc 0.911 at T-acc 0.973, RES cIoU 0.712 (weight 1: 0.895 / 0.983 / 0.718);
+# on the test split 0.925 / 0.957 / 0.714 (weight 1: 0.921 / 0.969 / 0.714).
+REJ_TOKEN_WEIGHT = 2.0
 # Session 23: the [SEG] selector (MAttNet-style scores of the frozen panoptic queries from the
 # noun, size and place; lira_jax/models/seg_select.py). Off: config arg no_select.
 SEG_SELECT = True
@@ -251,6 +256,7 @@ def get_config(arg=None):
   c.loss.pointer_weight, c.loss.pointer_min_iou = POINTER_WEIGHT, 0.5
   c.loss.refine_weight, c.loss.refine_max_masks = 1.0, REFINE_MAX_MASKS
   c.loss.noun_weight = NOUN_WEIGHT
+  c.loss.rej_token_weight = REJ_TOKEN_WEIGHT
   c.loss.select_weight = SELECT_WEIGHT
   c.loss.region_weight = REGION_WEIGHT
 

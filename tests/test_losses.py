@@ -65,6 +65,21 @@ def test_text_loss_gradient_matches_torch():
   np.testing.assert_allclose(np.asarray(grad), tlogits.grad.numpy(), atol=1e-7)
 
 
+def test_text_loss_token_weights_scale_that_tokens_nll():
+  logits, labels = _text_batch(np.random.default_rng(2))
+  token = int(labels[0, 8])
+  targets = np.concatenate([labels[:, 1:], np.full((3, 1), -100)], axis=1)
+  counted = targets != -100
+  logp = torch.log_softmax(torch.tensor(logits), -1).numpy()
+  nll = -np.take_along_axis(logp, np.where(counted, targets, 0)[..., None], -1)[..., 0]
+  weight = np.where(targets == token, 2.5, 1.0)
+  expected = (nll * weight)[counted].sum() / counted.sum()
+  loss, num = losses.text_loss(jnp.asarray(logits), jnp.asarray(labels, jnp.int32),
+                               ((token, 2.5),))
+  assert (targets == token).any() and int(num) == counted.sum()
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+
 def test_text_loss_without_supervised_tokens_is_zero():
   loss, num = losses.text_loss(jnp.ones((2, 4, 7)), jnp.full((2, 4), -100, jnp.int32))
   assert float(loss) == 0.0 and int(num) == 0

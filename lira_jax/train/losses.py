@@ -14,7 +14,7 @@ Shape letters: B batch, T sequence, V vocabulary, L prediction levels, N [SEG] s
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,23 +37,34 @@ def token_nll(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Arra
   """Per-token causal-LM negative log-likelihood: logits f32/bf16[B, T, V], labels i32[B, T]
   (un-shifted, -100 = ignored) -> (nll f32[B, T], zero where not supervised; valid bool[B, T]).
   Position t scores label t + 1, in float32."""
-  # Shifting the labels left instead of slicing the logits avoids copying the [B, T, V] array.
-  targets = jnp.concatenate(
-      [labels[:, 1:], jnp.full((labels.shape[0], 1), IGNORE_INDEX, labels.dtype)], axis=1)
+  targets = next_labels(labels)
   valid = targets != IGNORE_INDEX
   logits = logits.astype(jnp.float32)
   picked = jnp.take_along_axis(logits, jnp.where(valid, targets, 0)[..., None], axis=-1)[..., 0]
   return jnp.where(valid, jax.nn.logsumexp(logits, axis=-1) - picked, 0.0), valid
 
 
-def text_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+def next_labels(labels: jax.Array) -> jax.Array:
+  """labels i32[B, T] -> the label each position predicts, i32[B, T] (IGNORE_INDEX last).
+  Shifting the labels left instead of slicing the logits avoids copying the [B, T, V] array."""
+  return jnp.concatenate(
+      [labels[:, 1:], jnp.full((labels.shape[0], 1), IGNORE_INDEX, labels.dtype)], axis=1)
+
+
+def text_loss(logits: jax.Array, labels: jax.Array,
+              token_weights: Sequence[tuple[int, float]] = ()) -> tuple[jax.Array, jax.Array]:
   """Causal-LM cross-entropy: logits f32/bf16[B, T, V], labels i32[B, T] (un-shifted, -100 =
   ignored) -> (loss f32[], num_tokens i32[]).
 
   Mean over all supervised tokens of the batch, computed in float32. With no supervised token the
-  loss is 0 (HF would return NaN).
+  loss is 0 (HF would return NaN). token_weights: (token id, w) pairs; the NLL of predicting
+  that token is scaled by w (the mean is still over the supervised token count).
   """
   nll, valid = token_nll(logits, labels)
+  if token_weights:
+    targets = next_labels(labels)
+    for token, weight in token_weights:
+      nll = jnp.where(targets == token, weight * nll, nll)
   num_tokens = valid.sum()
   return nll.sum() / jnp.maximum(num_tokens, 1), num_tokens
 

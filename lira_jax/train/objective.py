@@ -46,7 +46,12 @@ def lira_loss(model: LIRA, batch: dict, rng: jax.Array, loss_cfg, *, pixel_feats
       parts['text'], parts['num_tokens'] = losses.text_loss(logits, plan.labels)
     return losses.total_loss(parts, loss_cfg)
   out = model(batch, pixel_feats=pixel_feats)
-  text, num_tokens = losses.text_loss(out.logits, out.plan.labels)
+  # loss.rej_token_weight (not in the release; 1 = its loss) scales the NLL of each [REJ]
+  # decision: a prior shift of log(weight) towards "no target".
+  rej_weight = float(loss_cfg.get('rej_token_weight', 1.0))
+  text, num_tokens = losses.text_loss(
+      out.logits, out.plan.labels,
+      ((int(model.tokens['rej']), rej_weight),) if rej_weight != 1.0 else ())
   parts = {'text': text, 'num_tokens': num_tokens}
   if model.stage == 1:
     pred = model.reproject_queries(out.query_feat)
