@@ -42,7 +42,7 @@ def test_phrase_hits_by_hand():
   # Sample 0: two phrases, the second with one wrong token; sample 1: one phrase, all right.
   labels = np.array([[1, p, 3, 4, q, 1, p, 5, 6, q], [2, p, 3, q, 0, 0, 0, 0, 0, 0]], np.int32)
   predicted_next = np.array([[p, 3, 4, q, 1, p, 5, 9, q, 0], [p, 3, q, 0, 0, 0, 0, 0, 0, 0]])
-  logits = np.eye(10, dtype=np.float32)[predicted_next]  # position t predicts labels[t + 1]
-  right, exists = region_naming.phrase_hits(logits, labels, dict(p_start=p, p_end=q), 3)
+  # position t predicts labels[t + 1]
+  right, exists = region_naming.phrase_hits(predicted_next, labels, dict(p_start=p, p_end=q), 3)
   np.testing.assert_array_equal(np.asarray(exists), [[True, True, False], [True, False, False]])
   np.testing.assert_array_equal(np.asarray(right), [[True, False, False], [True, False, False]])

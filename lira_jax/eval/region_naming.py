@@ -26,15 +26,15 @@ from lira_jax.models.omg_head import seg_masks_to_image
 from lira_jax.sequence import first_slot_per_target
 
 
-def phrase_hits(logits: jax.Array, labels: jax.Array, tokens: Mapping[str, int],
+def phrase_hits(pred_ids: jax.Array, labels: jax.Array, tokens: Mapping[str, int],
                 num_phrases: int) -> tuple[jax.Array, jax.Array]:
-  """logits f32[B, L, V] (position t predicts labels[t + 1]), labels i32[B, L], tokens: the ids
-  of p_start / p_end -> (phrase r entirely right bool[B, R], phrase r exists bool[B, R])."""
+  """pred_ids i32[B, L] (the argmax of the logits at each position; position t predicts
+  labels[t + 1]), labels i32[B, L], tokens: the ids of p_start / p_end -> (phrase r entirely
+  right bool[B, R], phrase r exists bool[B, R])."""
   opened = jnp.cumsum(labels == tokens['p_start'], axis=1)
   inside = (opened - jnp.cumsum(labels == tokens['p_end'], axis=1) > 0) & (
       labels != tokens['p_start'])
-  predicted = jnp.concatenate(
-      [jnp.full_like(labels[:, :1], -1), jnp.argmax(logits[:, :-1], axis=-1)], axis=1)
+  predicted = jnp.concatenate([jnp.full_like(labels[:, :1], -1), pred_ids[:, :-1]], axis=1)
   phrase = jnp.where(inside, opened - 1, num_phrases)  # phrase index of each token; R: none
   in_phrase = phrase[..., None] == jnp.arange(num_phrases)  # [B, L, R]
   wrong = jnp.any(in_phrase & (predicted != labels)[..., None], axis=1)
@@ -60,7 +60,7 @@ def own_region_hits(model, batch: dict, tokens: Mapping[str, int]) -> dict[str, 
   tiles = jax.vmap(lambda image, m, hw: ilvc.region_tiles(image, m, hw, side))(
       batch['image'], masks.reshape(b, r, *masks.shape[1:]), batch['image_hw'])
   own = model(dict(batch, regions=tiles.astype(regions.dtype)))
-  right, valid = phrase_hits(own.logits, own.plan.labels, tokens, r)
+  right, valid = phrase_hits(jnp.argmax(own.logits, axis=-1), own.plan.labels, tokens, r)
   return dict(right=right, valid=valid)
 
 

@@ -36,10 +36,10 @@ def predict(model, batch: dict, tokens: Mapping[str, int]) -> dict[str, jax.Arra
   gt = batch['gt_masks'] > 0.5
   b, k, side = gt.shape[0], gt.shape[1], gt.shape[-1]
   first = model(batch)
-  phrase_right, phrase_valid = region_naming.phrase_hits(
-      first.logits, first.plan.labels, tokens, batch['regions'].shape[1])
-  slot, has_slot = first_slot_per_target(first.plan, k)
   pred_ids = jnp.argmax(first.logits, axis=-1)
+  phrase_right, phrase_valid = region_naming.phrase_hits(
+      pred_ids, first.plan.labels, tokens, batch['regions'].shape[1])
+  slot, has_slot = first_slot_per_target(first.plan, k)
   reject_per_slot = rej.teacher_forced_rejection(pred_ids, first.plan, seg_id, rej_id)
   reject = jnp.take_along_axis(reject_per_slot, slot, axis=1) & has_slot
 

@@ -46,12 +46,6 @@ def make_tx(cfg, total_steps: int, lr: float | None = None
   return optax.chain(*parts), schedule
 
 
-def _dotted(path) -> str:
-  """A pytree key path of an nnx State leaf -> the Param's dotted path ('llm.layers.0.kernel')."""
-  names = [str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k)))) for k in path]
-  return '.'.join(names[:-1] if names and names[-1] == 'value' else names)
-
-
 def scale_by_path(scales: Iterable[tuple[str, float]]) -> optax.GradientTransformation:
   """Multiplies the update of each Param whose dotted path matches a regex of `scales` ((regex,
   factor) pairs) by the factor of the first that matches: a per-module learning-rate
@@ -59,7 +53,8 @@ def scale_by_path(scales: Iterable[tuple[str, float]]) -> optax.GradientTransfor
   rules = [(re.compile(pattern), float(factor)) for pattern, factor in scales]
 
   def factor(path) -> float:
-    name = _dotted(path)
+    # 'region_classifier.convs.0.kernel.value': the Param's path, then its value field.
+    name = jax.tree_util.keystr(path, simple=True, separator='.')
     return next((f for regex, f in rules if regex.search(name)), 1.0)
 
   def update(updates, state, params=None):
