@@ -14,6 +14,10 @@ whose stage 1 has a checkpoint starts stage 2 from it.
 """
 from __future__ import annotations
 
+if __name__ == '__main__':  # before JAX starts: huge pages for XLA's per-step buffers
+  from launch import host_env
+  host_env.restart_with_huge_pages()
+
 import argparse
 import ast
 import concurrent.futures
